@@ -1,0 +1,287 @@
+use tonic::{Request, Response, Status};
+
+use super::{observe, timestamp};
+use crate::{
+    Error, Result,
+    domain::{
+        BotId, Contact, ContactFilter, ContactStatus, Email, ExternalId, Lead, LeadIdentity,
+        LeadName, NewContact, OperatorSourceStats, PageRequest, Phone, Registration, RequestId,
+        SourceKey, SourcePending, StatsReport,
+    },
+    proto::{self as pb, contact_service_server::ContactService},
+    repository::Repository,
+};
+
+pub struct ContactApi {
+    repository: Repository,
+}
+
+impl ContactApi {
+    pub fn new(repository: Repository) -> Self {
+        Self { repository }
+    }
+}
+
+#[tonic::async_trait]
+impl ContactService for ContactApi {
+    async fn register_contact(
+        &self,
+        request: Request<pb::RegisterContactRequest>,
+    ) -> Result<Response<pb::RegisterContactResponse>, Status> {
+        observe("RegisterContact", async {
+            let request = request.into_inner();
+            let request_id = RequestId::parse("request_id", &request.request_id)?;
+            let registration = match NewContact::try_from(request) {
+                Ok(new) => self.repository.register_contact(new).await?,
+                // A retry gets the first call's result whatever the rest of it
+                // says; without a first call, the request is simply invalid.
+                Err(invalid) => match request_id {
+                    Some(request_id) => self
+                        .repository
+                        .find_registration(request_id)
+                        .await?
+                        .ok_or(invalid)?,
+                    None => return Err(invalid),
+                },
+            };
+            Ok(registration.into())
+        })
+        .await
+    }
+
+    async fn get_contact(
+        &self,
+        request: Request<pb::GetContactRequest>,
+    ) -> Result<Response<pb::Contact>, Status> {
+        observe("GetContact", async {
+            let pb::GetContactRequest { id } = request.into_inner();
+            Ok(self.repository.get_contact(id).await?.into())
+        })
+        .await
+    }
+
+    async fn list_contacts(
+        &self,
+        request: Request<pb::ListContactsRequest>,
+    ) -> Result<Response<pb::ListContactsResponse>, Status> {
+        observe("ListContacts", async {
+            let pb::ListContactsRequest {
+                page_size,
+                page_token,
+                operator_id,
+                source_id,
+                lead_id,
+                status,
+            } = request.into_inner();
+            let page = PageRequest::parse(page_size, &page_token)?;
+            let filter = ContactFilter {
+                operator_id,
+                source_id,
+                lead_id,
+                status: ContactFilter::parse_status("status", status)?,
+            };
+            let page = self.repository.list_contacts(page, filter).await?;
+            Ok(pb::ListContactsResponse {
+                contacts: page.items.into_iter().map(Into::into).collect(),
+                next_page_token: page.next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn close_contact(
+        &self,
+        request: Request<pb::CloseContactRequest>,
+    ) -> Result<Response<pb::Contact>, Status> {
+        observe("CloseContact", async {
+            let pb::CloseContactRequest { id } = request.into_inner();
+            Ok(self.repository.close_contact(id).await?.into())
+        })
+        .await
+    }
+
+    async fn get_lead(
+        &self,
+        request: Request<pb::GetLeadRequest>,
+    ) -> Result<Response<pb::Lead>, Status> {
+        observe("GetLead", async {
+            let pb::GetLeadRequest { id } = request.into_inner();
+            Ok(self.repository.get_lead(id).await?.into())
+        })
+        .await
+    }
+
+    async fn list_leads(
+        &self,
+        request: Request<pb::ListLeadsRequest>,
+    ) -> Result<Response<pb::ListLeadsResponse>, Status> {
+        observe("ListLeads", async {
+            let pb::ListLeadsRequest {
+                page_size,
+                page_token,
+            } = request.into_inner();
+            let page = PageRequest::parse(page_size, &page_token)?;
+            let page = self.repository.list_leads(page).await?;
+            Ok(pb::ListLeadsResponse {
+                leads: page.items.into_iter().map(Into::into).collect(),
+                next_page_token: page.next_page_token,
+            })
+        })
+        .await
+    }
+
+    async fn get_operator_stats(
+        &self,
+        request: Request<pb::GetOperatorStatsRequest>,
+    ) -> Result<Response<pb::GetOperatorStatsResponse>, Status> {
+        observe("GetOperatorStats", async {
+            let pb::GetOperatorStatsRequest {} = request.into_inner();
+            Ok(self.repository.operator_stats().await?.into())
+        })
+        .await
+    }
+}
+
+impl TryFrom<pb::RegisterContactRequest> for NewContact {
+    type Error = Error;
+
+    fn try_from(request: pb::RegisterContactRequest) -> Result<Self> {
+        let pb::RegisterContactRequest {
+            source,
+            lead,
+            request_id,
+        } = request;
+        let source = match source {
+            Some(pb::register_contact_request::Source::SourceId(id)) => SourceKey::Id(id),
+            Some(pb::register_contact_request::Source::BotId(bot_id)) => {
+                SourceKey::BotId(BotId::parse("bot_id", &bot_id)?)
+            }
+            None => return Err(Error::invalid("source", "set either source_id or bot_id")),
+        };
+        let pb::LeadIdentity {
+            external_id,
+            phone,
+            email,
+            name,
+        } = lead.unwrap_or_default();
+        let lead = LeadIdentity::new(
+            ExternalId::parse("lead.external_id", &external_id)?,
+            Phone::parse("lead.phone", &phone)?,
+            Email::parse("lead.email", &email)?,
+            LeadName::parse("lead.name", &name)?,
+            "lead",
+        )?;
+        Ok(Self {
+            source,
+            lead,
+            request_id: RequestId::parse("request_id", &request_id)?,
+        })
+    }
+}
+
+impl From<Registration> for pb::RegisterContactResponse {
+    fn from(registration: Registration) -> Self {
+        let Registration {
+            contact,
+            lead,
+            lead_created,
+        } = registration;
+        Self {
+            contact: Some(contact.into()),
+            lead: Some(lead.into()),
+            lead_created,
+        }
+    }
+}
+
+impl From<ContactStatus> for pb::ContactStatus {
+    fn from(status: ContactStatus) -> Self {
+        match status {
+            ContactStatus::Active => Self::Active,
+            ContactStatus::Pending => Self::Pending,
+            ContactStatus::Closed => Self::Closed,
+        }
+    }
+}
+
+impl From<Contact> for pb::Contact {
+    fn from(contact: Contact) -> Self {
+        let Contact {
+            id,
+            lead_id,
+            source_id,
+            operator_id,
+            status,
+            created_at,
+            assigned_at,
+            closed_at,
+            request_id,
+        } = contact;
+        Self {
+            id,
+            lead_id,
+            source_id,
+            operator_id,
+            status: pb::ContactStatus::from(status).into(),
+            created_at: Some(timestamp(created_at)),
+            assigned_at: assigned_at.map(timestamp),
+            closed_at: closed_at.map(timestamp),
+            request_id: request_id.unwrap_or_default(),
+        }
+    }
+}
+
+impl From<Lead> for pb::Lead {
+    fn from(lead: Lead) -> Self {
+        let Lead {
+            id,
+            external_id,
+            phone,
+            email,
+            name,
+            created_at,
+        } = lead;
+        Self {
+            id,
+            external_id: external_id.unwrap_or_default(),
+            phone: phone.unwrap_or_default(),
+            email: email.unwrap_or_default(),
+            name,
+            created_at: Some(timestamp(created_at)),
+        }
+    }
+}
+
+impl From<StatsReport> for pb::GetOperatorStatsResponse {
+    fn from(report: StatsReport) -> Self {
+        let StatsReport { rows, pending } = report;
+        Self {
+            rows: rows
+                .into_iter()
+                .map(|row| {
+                    let OperatorSourceStats {
+                        operator_id,
+                        source_id,
+                        active,
+                        closed,
+                        total,
+                    } = row;
+                    pb::OperatorSourceStats {
+                        operator_id,
+                        source_id,
+                        active,
+                        closed,
+                        total,
+                    }
+                })
+                .collect(),
+            pending: pending
+                .into_iter()
+                .map(|SourcePending { source_id, pending }| pb::SourcePending {
+                    source_id,
+                    pending,
+                })
+                .collect(),
+        }
+    }
+}

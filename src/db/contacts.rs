@@ -1,0 +1,212 @@
+use diesel::prelude::*;
+use rand::Rng;
+
+use super::{
+    DbConnection, dispatch, leads, locks,
+    models::{ContactRow, NewContactRow},
+    operators,
+    schema::contacts,
+    sources,
+};
+use crate::{
+    Error, Result,
+    domain::{
+        Contact, ContactFilter, ContactStatus, NewContact, Page, PageRequest, Registration,
+        RequestId, Timestamp,
+    },
+};
+
+/// RegisterContact as one unit of work: source, lead, operator, contact.
+pub fn register<R: Rng + ?Sized>(
+    connection: &mut DbConnection,
+    new: &NewContact,
+    rng: &mut R,
+) -> Result<Registration> {
+    if let Some(request_id) = &new.request_id
+        && let Some(earlier) = find_registration(connection, request_id)?
+    {
+        return Ok(earlier);
+    }
+    let source_id = sources::resolve(connection, &new.source)?;
+    let (lead, lead_created) = leads::find_or_create(connection, &new.lead)?;
+    let operator_id = assign(connection, source_id, rng)?;
+    let now = Timestamp::now().as_micros();
+    let status = match operator_id {
+        Some(_) => ContactStatus::Active,
+        None => ContactStatus::Pending,
+    };
+    let row: ContactRow = diesel::insert_into(contacts::table)
+        .values(NewContactRow {
+            lead_id: lead.id,
+            source_id,
+            operator_id,
+            status: status.code(),
+            created_at: now,
+            assigned_at: operator_id.map(|_| now),
+            request_id: new.request_id.as_ref().map(RequestId::as_str),
+            lead_created,
+        })
+        .returning(contacts::all_columns)
+        .get_result(connection)?;
+    Ok(Registration {
+        contact: row.into(),
+        lead,
+        lead_created,
+    })
+}
+
+/// Picks the operator for a new contact of the source, or `None` to leave it
+/// PENDING.
+///
+/// Before settling on PENDING it locks the source and its operators and looks
+/// again: a capacity event racing with this call then either committed first
+/// (and the second look sees it) or waits for this commit (and its dispatch
+/// sees the new pending contact). Either way no contact stays pending while
+/// someone could take it.
+fn assign<R: Rng + ?Sized>(
+    connection: &mut DbConnection,
+    source_id: i64,
+    rng: &mut R,
+) -> Result<Option<i64>> {
+    if let Some(operator_id) = operators::claim_for_source(connection, source_id, rng)? {
+        return Ok(Some(operator_id));
+    }
+    if matches!(connection, DbConnection::Sqlite(_)) {
+        // Already serialized with every other writer: the first look is final.
+        return Ok(None);
+    }
+    locks::share_source(connection, source_id)?;
+    locks::source_operators(connection, source_id)?;
+    operators::claim_for_source(connection, source_id, rng)
+}
+
+/// The result of the earlier call that used this request id, if any.
+pub fn find_registration(
+    connection: &mut DbConnection,
+    request_id: &RequestId,
+) -> Result<Option<Registration>> {
+    let row = contacts::table
+        .filter(contacts::request_id.eq(request_id.as_str()))
+        .select(ContactRow::as_select())
+        .first(connection)
+        .optional()?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let lead = leads::get(connection, row.lead_id)?;
+    let lead_created = row.lead_created;
+    Ok(Some(Registration {
+        contact: row.into(),
+        lead,
+        lead_created,
+    }))
+}
+
+pub fn get(connection: &mut DbConnection, id: i64) -> Result<Contact> {
+    row(connection, id)?
+        .map(Contact::from)
+        .ok_or_else(|| Error::not_found(format_args!("contact {id}")))
+}
+
+fn row(connection: &mut DbConnection, id: i64) -> Result<Option<ContactRow>> {
+    Ok(contacts::table
+        .find(id)
+        .select(ContactRow::as_select())
+        .first(connection)
+        .optional()?)
+}
+
+pub fn list(
+    connection: &mut DbConnection,
+    page: PageRequest,
+    filter: &ContactFilter,
+) -> Result<Page<Contact>> {
+    let ContactFilter {
+        operator_id,
+        source_id,
+        lead_id,
+        status,
+    } = filter;
+    if let Some(id) = *operator_id
+        && !operators::exists(connection, id)?
+    {
+        return Err(Error::not_found(format_args!("operator {id}")));
+    }
+    if let Some(id) = *source_id
+        && !sources::exists(connection, id)?
+    {
+        return Err(Error::not_found(format_args!("source {id}")));
+    }
+    if let Some(id) = *lead_id
+        && !leads::exists(connection, id)?
+    {
+        return Err(Error::not_found(format_args!("lead {id}")));
+    }
+    let mut query = contacts::table
+        .filter(contacts::id.gt(page.after()))
+        .order(contacts::id)
+        .limit(page.size() + 1)
+        .select(ContactRow::as_select())
+        .into_boxed();
+    if let Some(id) = *operator_id {
+        query = query.filter(contacts::operator_id.eq(id));
+    }
+    if let Some(id) = *source_id {
+        query = query.filter(contacts::source_id.eq(id));
+    }
+    if let Some(id) = *lead_id {
+        query = query.filter(contacts::lead_id.eq(id));
+    }
+    if let Some(status) = *status {
+        query = query.filter(contacts::status.eq(status.code()));
+    }
+    let rows: Vec<Contact> = query
+        .load(connection)?
+        .into_iter()
+        .map(Contact::from)
+        .collect();
+    Ok(page.paginate(rows, |contact| contact.id))
+}
+
+/// Closes an ACTIVE or PENDING contact. Closing an ACTIVE one frees a unit of
+/// its operator's load, which goes to the oldest pending contact it can serve.
+pub fn close<R: Rng + ?Sized>(
+    connection: &mut DbConnection,
+    id: i64,
+    rng: &mut R,
+) -> Result<Contact> {
+    loop {
+        let contact: Contact = row(connection, id)?
+            .map(Contact::from)
+            .ok_or_else(|| Error::not_found(format_args!("contact {id}")))?;
+        if contact.status == ContactStatus::Closed {
+            return Err(Error::FailedPrecondition(format!(
+                "id: contact {id} is already closed"
+            )));
+        }
+        // Guarded by the status just read: a concurrent dispatch or close of
+        // the same contact makes this match nothing, and the loop reads again.
+        let closed = diesel::update(
+            contacts::table
+                .find(id)
+                .filter(contacts::status.eq(contact.status.code())),
+        )
+        .set((
+            contacts::status.eq(ContactStatus::Closed.code()),
+            contacts::closed_at.eq(Some(Timestamp::now().as_micros())),
+        ))
+        .execute(connection)?;
+        if closed == 0 {
+            continue;
+        }
+        if let (ContactStatus::Active, Some(operator_id)) = (contact.status, contact.operator_id) {
+            operators::release_slot(connection, operator_id)?;
+            dispatch::pending(
+                connection,
+                dispatch::Scope::OperatorSources(operator_id),
+                rng,
+            )?;
+        }
+        return get(connection, id);
+    }
+}

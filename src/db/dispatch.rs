@@ -1,0 +1,95 @@
+//! Pending dispatch: hands new capacity to the oldest pending contacts it can
+//! serve, inside the transaction that made the capacity, so that the capacity
+//! is used up before that call answers.
+
+use diesel::prelude::*;
+use rand::Rng;
+
+use super::{
+    DbConnection, operators,
+    schema::{contacts, source_operators},
+};
+use crate::{
+    Result,
+    domain::{ContactStatus, Timestamp},
+};
+
+/// Pending contacts are read in batches of this many, oldest first.
+const BATCH: i64 = 64;
+
+/// Which pending contacts the new capacity can serve.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope {
+    /// An operator gained room: the sources whose weight table lists it.
+    OperatorSources(i64),
+    /// A source's weight table changed.
+    Source(i64),
+}
+
+/// Assigns pending contacts, oldest first across the sources in scope, each by
+/// the weighted draw, until none of those sources has a candidate left.
+/// Returns how many were assigned.
+pub fn pending<R: Rng + ?Sized>(
+    connection: &mut DbConnection,
+    scope: Scope,
+    rng: &mut R,
+) -> Result<usize> {
+    let mut open_sources: Vec<i64> = match scope {
+        Scope::OperatorSources(operator_id) => source_operators::table
+            .filter(source_operators::operator_id.eq(operator_id))
+            .order(source_operators::source_id)
+            .select(source_operators::source_id)
+            .load(connection)?,
+        Scope::Source(source_id) => vec![source_id],
+    };
+    let mut after = 0;
+    let mut assigned = 0;
+    while !open_sources.is_empty() {
+        let batch: Vec<(i64, i64)> = contacts::table
+            .filter(contacts::status.eq(ContactStatus::Pending.code()))
+            .filter(contacts::source_id.eq_any(&open_sources))
+            .filter(contacts::id.gt(after))
+            .order(contacts::id)
+            .limit(BATCH)
+            .select((contacts::id, contacts::source_id))
+            .load(connection)?;
+        if batch.is_empty() {
+            break;
+        }
+        for (contact_id, source_id) in batch {
+            after = contact_id;
+            if !open_sources.contains(&source_id) {
+                continue;
+            }
+            match operators::claim_for_source(connection, source_id, rng)? {
+                // Loads only grow within this transaction: the source stays full.
+                None => open_sources.retain(|open| *open != source_id),
+                Some(operator_id) => {
+                    if assign(connection, contact_id, operator_id)? {
+                        assigned += 1;
+                    } else {
+                        // Closed or assigned by a concurrent transaction meanwhile.
+                        operators::release_slot(connection, operator_id)?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(assigned)
+}
+
+/// Makes a still-pending contact ACTIVE with the operator whose slot was taken.
+fn assign(connection: &mut DbConnection, contact_id: i64, operator_id: i64) -> Result<bool> {
+    let updated = diesel::update(
+        contacts::table
+            .find(contact_id)
+            .filter(contacts::status.eq(ContactStatus::Pending.code())),
+    )
+    .set((
+        contacts::status.eq(ContactStatus::Active.code()),
+        contacts::operator_id.eq(Some(operator_id)),
+        contacts::assigned_at.eq(Some(Timestamp::now().as_micros())),
+    ))
+    .execute(connection)?;
+    Ok(updated == 1)
+}

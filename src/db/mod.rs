@@ -1,0 +1,17 @@
+//! Storage: one diesel code path over SQLite and PostgreSQL.
+
+mod connection;
+pub mod contacts;
+pub mod dispatch;
+pub mod leads;
+mod locks;
+mod models;
+pub mod operators;
+mod schema;
+pub mod sources;
+pub mod stats;
+mod transaction;
+
+pub use connection::{Backend, Database, DatabaseUrl, DbConnection, StartupError};
+pub(crate) use transaction::should_retry;
+pub use transaction::write_transaction;

@@ -1,0 +1,189 @@
+//! Row structs: the database's shape, converted into domain types at once.
+
+use diesel::prelude::*;
+
+use super::schema::{contacts, leads, operators, source_operators, sources};
+use crate::domain::{Contact, ContactStatus, Lead, Operator, Source, Timestamp};
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = operators)]
+pub struct OperatorRow {
+    pub id: i64,
+    pub name: String,
+    pub is_active: bool,
+    pub max_load: i32,
+    pub active_load: i32,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = operators)]
+pub struct NewOperatorRow<'a> {
+    pub name: &'a str,
+    pub is_active: bool,
+    pub max_load: i32,
+    pub active_load: i32,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = sources)]
+pub struct SourceRow {
+    pub id: i64,
+    pub bot_id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = sources)]
+pub struct NewSourceRow<'a> {
+    pub bot_id: &'a str,
+    pub name: &'a str,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Queryable, Selectable, Insertable)]
+#[diesel(table_name = source_operators)]
+pub struct WeightRow {
+    pub source_id: i64,
+    pub operator_id: i64,
+    pub weight: i32,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = leads)]
+pub struct LeadRow {
+    pub id: i64,
+    pub external_id: Option<String>,
+    pub phone: Option<String>,
+    pub email: Option<String>,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = leads)]
+pub struct NewLeadRow<'a> {
+    pub external_id: Option<&'a str>,
+    pub phone: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub name: &'a str,
+    pub created_at: i64,
+}
+
+#[derive(Debug, Queryable, Selectable)]
+#[diesel(table_name = contacts)]
+pub struct ContactRow {
+    pub id: i64,
+    pub lead_id: i64,
+    pub source_id: i64,
+    pub operator_id: Option<i64>,
+    pub status: i32,
+    pub created_at: i64,
+    pub assigned_at: Option<i64>,
+    pub closed_at: Option<i64>,
+    pub request_id: Option<String>,
+    pub lead_created: bool,
+}
+
+#[derive(Debug, Insertable)]
+#[diesel(table_name = contacts)]
+pub struct NewContactRow<'a> {
+    pub lead_id: i64,
+    pub source_id: i64,
+    pub operator_id: Option<i64>,
+    pub status: i32,
+    pub created_at: i64,
+    pub assigned_at: Option<i64>,
+    pub request_id: Option<&'a str>,
+    pub lead_created: bool,
+}
+
+impl From<OperatorRow> for Operator {
+    fn from(row: OperatorRow) -> Self {
+        let OperatorRow {
+            id,
+            name,
+            is_active,
+            max_load,
+            active_load,
+            created_at,
+        } = row;
+        Self {
+            id,
+            name,
+            is_active,
+            max_load,
+            active_load,
+            created_at: Timestamp::from_micros(created_at),
+        }
+    }
+}
+
+impl From<SourceRow> for Source {
+    fn from(row: SourceRow) -> Self {
+        let SourceRow {
+            id,
+            bot_id,
+            name,
+            created_at,
+        } = row;
+        Self {
+            id,
+            bot_id,
+            name,
+            created_at: Timestamp::from_micros(created_at),
+        }
+    }
+}
+
+impl From<LeadRow> for Lead {
+    fn from(row: LeadRow) -> Self {
+        let LeadRow {
+            id,
+            external_id,
+            phone,
+            email,
+            name,
+            created_at,
+        } = row;
+        Self {
+            id,
+            external_id,
+            phone,
+            email,
+            name,
+            created_at: Timestamp::from_micros(created_at),
+        }
+    }
+}
+
+impl From<ContactRow> for Contact {
+    fn from(row: ContactRow) -> Self {
+        let ContactRow {
+            id,
+            lead_id,
+            source_id,
+            operator_id,
+            status,
+            created_at,
+            assigned_at,
+            closed_at,
+            request_id,
+            lead_created: _,
+        } = row;
+        Self {
+            id,
+            lead_id,
+            source_id,
+            operator_id,
+            // The schema's CHECK admits only the three known codes.
+            status: ContactStatus::from_code(status).unwrap_or(ContactStatus::Closed),
+            created_at: Timestamp::from_micros(created_at),
+            assigned_at: assigned_at.map(Timestamp::from_micros),
+            closed_at: closed_at.map(Timestamp::from_micros),
+            request_id,
+        }
+    }
+}

@@ -1,0 +1,152 @@
+use diesel::prelude::*;
+use rand::Rng;
+
+use super::{
+    DbConnection, dispatch,
+    models::{NewOperatorRow, OperatorRow},
+    schema::{operators, source_operators},
+};
+use crate::{
+    Error, Result,
+    domain::{NewOperator, Operator, OperatorChanges, Page, PageRequest, Timestamp},
+    selector::Candidate,
+};
+
+pub fn create(connection: &mut DbConnection, new: &NewOperator) -> Result<Operator> {
+    let row: OperatorRow = diesel::insert_into(operators::table)
+        .values(NewOperatorRow {
+            name: new.name.as_str(),
+            is_active: new.is_active,
+            max_load: new.max_load.get(),
+            active_load: 0,
+            created_at: Timestamp::now().as_micros(),
+        })
+        .returning(operators::all_columns)
+        .get_result(connection)?;
+    Ok(row.into())
+}
+
+pub fn get(connection: &mut DbConnection, id: i64) -> Result<Operator> {
+    operators::table
+        .find(id)
+        .select(OperatorRow::as_select())
+        .first(connection)
+        .optional()?
+        .map(Operator::from)
+        .ok_or_else(|| Error::not_found(format_args!("operator {id}")))
+}
+
+pub fn exists(connection: &mut DbConnection, id: i64) -> Result<bool> {
+    Ok(diesel::select(diesel::dsl::exists(operators::table.find(id))).get_result(connection)?)
+}
+
+pub fn list(
+    connection: &mut DbConnection,
+    page: PageRequest,
+    is_active: Option<bool>,
+) -> Result<Page<Operator>> {
+    let mut query = operators::table
+        .filter(operators::id.gt(page.after()))
+        .order(operators::id)
+        .limit(page.size() + 1)
+        .select(OperatorRow::as_select())
+        .into_boxed();
+    if let Some(is_active) = is_active {
+        query = query.filter(operators::is_active.eq(is_active));
+    }
+    let rows: Vec<Operator> = query
+        .load(connection)?
+        .into_iter()
+        .map(Operator::from)
+        .collect();
+    Ok(page.paginate(rows, |operator| operator.id))
+}
+
+#[derive(AsChangeset)]
+#[diesel(table_name = operators)]
+struct OperatorChangeset<'a> {
+    name: Option<&'a str>,
+    is_active: Option<bool>,
+    max_load: Option<i32>,
+}
+
+/// Applies the changes; new capacity is handed to pending contacts at once.
+pub fn update<R: Rng + ?Sized>(
+    connection: &mut DbConnection,
+    id: i64,
+    changes: &OperatorChanges,
+    rng: &mut R,
+) -> Result<Operator> {
+    let changeset = OperatorChangeset {
+        name: changes.name().map(|name| name.as_str()),
+        is_active: changes.is_active(),
+        max_load: changes.max_load().map(|max_load| max_load.get()),
+    };
+    let updated = diesel::update(operators::table.find(id))
+        .set(&changeset)
+        .execute(connection)?;
+    if updated == 0 {
+        return Err(Error::not_found(format_args!("operator {id}")));
+    }
+    if changes.may_add_capacity() {
+        dispatch::pending(connection, dispatch::Scope::OperatorSources(id), rng)?;
+    }
+    get(connection, id)
+}
+
+/// The operators of the source's weight table that can take a contact now.
+pub fn candidates(connection: &mut DbConnection, source_id: i64) -> Result<Vec<Candidate>> {
+    let rows: Vec<(i64, i32)> = source_operators::table
+        .inner_join(operators::table)
+        .filter(source_operators::source_id.eq(source_id))
+        .filter(operators::is_active.eq(true))
+        .filter(operators::active_load.lt(operators::max_load))
+        .order(operators::id)
+        .select((operators::id, source_operators::weight))
+        .load(connection)?;
+    Ok(rows
+        .into_iter()
+        .map(|(operator_id, weight)| Candidate {
+            operator_id,
+            // The schema keeps weights within 1..=1_000_000.
+            weight: weight.unsigned_abs(),
+        })
+        .collect())
+}
+
+/// Takes one unit of the operator's load if it is active and below its limit.
+/// The guard in the statement is what keeps the invariant: on PostgreSQL the
+/// update waits for a concurrent writer of the row and re-checks the guard on
+/// the row it committed.
+pub fn take_slot(connection: &mut DbConnection, operator_id: i64) -> Result<bool> {
+    let taken = diesel::update(
+        operators::table
+            .find(operator_id)
+            .filter(operators::is_active.eq(true))
+            .filter(operators::active_load.lt(operators::max_load)),
+    )
+    .set(operators::active_load.eq(operators::active_load + 1))
+    .execute(connection)?;
+    Ok(taken == 1)
+}
+
+/// Gives back one unit of the operator's load.
+pub fn release_slot(connection: &mut DbConnection, operator_id: i64) -> Result<()> {
+    diesel::update(operators::table.find(operator_id))
+        .set(operators::active_load.eq(operators::active_load - 1))
+        .execute(connection)?;
+    Ok(())
+}
+
+/// Draws an operator for a contact of the source and takes one unit of its
+/// load; an operator that filled up meanwhile is excluded and the draw repeats.
+pub fn claim_for_source<R: Rng + ?Sized>(
+    connection: &mut DbConnection,
+    source_id: i64,
+    rng: &mut R,
+) -> Result<Option<i64>> {
+    let candidates = candidates(connection, source_id)?;
+    crate::selector::draw_until_taken(candidates, rng, |operator_id| {
+        take_slot(connection, operator_id)
+    })
+}

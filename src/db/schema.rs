@@ -1,0 +1,70 @@
+//! Written by hand for both backends: every column has one SQL type that
+//! SQLite and PostgreSQL both map to the same Rust type.
+
+diesel::table! {
+    operators (id) {
+        id -> BigInt,
+        name -> Text,
+        is_active -> Bool,
+        max_load -> Integer,
+        active_load -> Integer,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    sources (id) {
+        id -> BigInt,
+        bot_id -> Text,
+        name -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    source_operators (source_id, operator_id) {
+        source_id -> BigInt,
+        operator_id -> BigInt,
+        weight -> Integer,
+    }
+}
+
+diesel::table! {
+    leads (id) {
+        id -> BigInt,
+        external_id -> Nullable<Text>,
+        phone -> Nullable<Text>,
+        email -> Nullable<Text>,
+        name -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    contacts (id) {
+        id -> BigInt,
+        lead_id -> BigInt,
+        source_id -> BigInt,
+        operator_id -> Nullable<BigInt>,
+        status -> Integer,
+        created_at -> BigInt,
+        assigned_at -> Nullable<BigInt>,
+        closed_at -> Nullable<BigInt>,
+        request_id -> Nullable<Text>,
+        lead_created -> Bool,
+    }
+}
+
+diesel::joinable!(source_operators -> operators (operator_id));
+diesel::joinable!(source_operators -> sources (source_id));
+diesel::joinable!(contacts -> leads (lead_id));
+diesel::joinable!(contacts -> sources (source_id));
+diesel::joinable!(contacts -> operators (operator_id));
+
+diesel::allow_tables_to_appear_in_same_query!(
+    operators,
+    sources,
+    source_operators,
+    leads,
+    contacts
+);

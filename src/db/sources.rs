@@ -1,0 +1,139 @@
+use diesel::{prelude::*, result::DatabaseErrorKind};
+use rand::Rng;
+
+use super::{
+    DbConnection, dispatch, locks,
+    models::{NewSourceRow, SourceRow, WeightRow},
+    schema::{operators, source_operators, sources},
+};
+use crate::{
+    Error, Result,
+    domain::{NewSource, Page, PageRequest, Source, SourceKey, Timestamp, WeightTable},
+};
+
+pub fn create(connection: &mut DbConnection, new: &NewSource) -> Result<Source> {
+    let inserted = diesel::insert_into(sources::table)
+        .values(NewSourceRow {
+            bot_id: new.bot_id.as_str(),
+            name: new.name.as_str(),
+            created_at: Timestamp::now().as_micros(),
+        })
+        .returning(sources::all_columns)
+        .get_result::<SourceRow>(connection);
+    match inserted {
+        Ok(row) => Ok(row.into()),
+        Err(diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+            Err(Error::AlreadyExists(format!(
+                "bot_id: a source with bot_id {:?} already exists",
+                new.bot_id.as_str()
+            )))
+        }
+        Err(error) => Err(error.into()),
+    }
+}
+
+pub fn get(connection: &mut DbConnection, key: &SourceKey) -> Result<Source> {
+    let query = sources::table.select(SourceRow::as_select());
+    let row = match key {
+        SourceKey::Id(id) => query.find(*id).first(connection).optional()?,
+        SourceKey::BotId(bot_id) => query
+            .filter(sources::bot_id.eq(bot_id.as_str()))
+            .first(connection)
+            .optional()?,
+    };
+    row.map(Source::from)
+        .ok_or_else(|| Error::not_found(describe(key)))
+}
+
+/// The id of the source the key names.
+pub fn resolve(connection: &mut DbConnection, key: &SourceKey) -> Result<i64> {
+    let id = match key {
+        SourceKey::Id(id) => sources::table
+            .find(*id)
+            .select(sources::id)
+            .first(connection)
+            .optional()?,
+        SourceKey::BotId(bot_id) => sources::table
+            .filter(sources::bot_id.eq(bot_id.as_str()))
+            .select(sources::id)
+            .first(connection)
+            .optional()?,
+    };
+    id.ok_or_else(|| Error::not_found(describe(key)))
+}
+
+fn describe(key: &SourceKey) -> String {
+    match key {
+        SourceKey::Id(id) => format!("source {id}"),
+        SourceKey::BotId(bot_id) => format!("source with bot_id {:?}", bot_id.as_str()),
+    }
+}
+
+pub fn exists(connection: &mut DbConnection, id: i64) -> Result<bool> {
+    Ok(diesel::select(diesel::dsl::exists(sources::table.find(id))).get_result(connection)?)
+}
+
+pub fn list(connection: &mut DbConnection, page: PageRequest) -> Result<Page<Source>> {
+    let rows: Vec<Source> = sources::table
+        .filter(sources::id.gt(page.after()))
+        .order(sources::id)
+        .limit(page.size() + 1)
+        .select(SourceRow::as_select())
+        .load(connection)?
+        .into_iter()
+        .map(Source::from)
+        .collect();
+    Ok(page.paginate(rows, |source| source.id))
+}
+
+/// Replaces the whole weight table, then hands the source's pending contacts
+/// to whoever the new table lets take them.
+pub fn set_operators<R: Rng + ?Sized>(
+    connection: &mut DbConnection,
+    source_id: i64,
+    table: &WeightTable,
+    rng: &mut R,
+) -> Result<WeightTable> {
+    if !locks::lock_source_table(connection, source_id)? {
+        return Err(Error::not_found(format_args!("source {source_id}")));
+    }
+    let wanted: Vec<i64> = table.entries().iter().map(|e| e.operator_id).collect();
+    let known: Vec<i64> = operators::table
+        .filter(operators::id.eq_any(&wanted))
+        .select(operators::id)
+        .load(connection)?;
+    if let Some(missing) = wanted.iter().find(|id| !known.contains(id)) {
+        return Err(Error::not_found(format_args!("operator {missing}")));
+    }
+    diesel::delete(source_operators::table.filter(source_operators::source_id.eq(source_id)))
+        .execute(connection)?;
+    for entry in table.entries() {
+        diesel::insert_into(source_operators::table)
+            .values(WeightRow {
+                source_id,
+                operator_id: entry.operator_id,
+                weight: entry.weight.get(),
+            })
+            .execute(connection)?;
+    }
+    dispatch::pending(connection, dispatch::Scope::Source(source_id), rng)?;
+    weights(connection, source_id)
+}
+
+/// The source's weight table, or NOT_FOUND for an unknown source.
+pub fn list_operators(connection: &mut DbConnection, source_id: i64) -> Result<WeightTable> {
+    if !exists(connection, source_id)? {
+        return Err(Error::not_found(format_args!("source {source_id}")));
+    }
+    weights(connection, source_id)
+}
+
+fn weights(connection: &mut DbConnection, source_id: i64) -> Result<WeightTable> {
+    let rows: Vec<(i64, i32)> = source_operators::table
+        .filter(source_operators::source_id.eq(source_id))
+        .order(source_operators::operator_id)
+        .select((source_operators::operator_id, source_operators::weight))
+        .load(connection)?;
+    // Stored rows satisfy the schema's CHECKs, so this re-parse cannot fail.
+    WeightTable::parse("operators", rows)
+}

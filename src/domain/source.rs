@@ -1,0 +1,157 @@
+use std::collections::HashSet;
+
+use super::{Timestamp, text};
+use crate::{Error, Result};
+
+/// A bot's identifier: trimmed, never blank, at most 255 characters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BotId(String);
+
+impl BotId {
+    pub fn parse(field: &str, raw: &str) -> Result<Self> {
+        text::required(field, raw).map(Self)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A source's display name: trimmed, may be empty.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceName(String);
+
+impl SourceName {
+    pub fn parse(field: &str, raw: &str) -> Result<Self> {
+        text::bounded_trimmed(field, raw).map(|name| Self(name.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// How a request names a source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKey {
+    Id(i64),
+    BotId(BotId),
+}
+
+#[derive(Debug, Clone)]
+pub struct NewSource {
+    pub bot_id: BotId,
+    pub name: SourceName,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub id: i64,
+    pub bot_id: String,
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+/// An operator's relative share of a source's flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Weight(i32);
+
+impl Weight {
+    pub const MAX: i32 = 1_000_000;
+
+    pub fn parse(field: &str, raw: i32) -> Result<Self> {
+        if !(1..=Self::MAX).contains(&raw) {
+            return Err(Error::invalid(
+                field,
+                format!("must be between 1 and {}, got {raw}", Self::MAX),
+            ));
+        }
+        Ok(Self(raw))
+    }
+
+    pub fn get(self) -> i32 {
+        self.0
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightEntry {
+    pub operator_id: i64,
+    pub weight: Weight,
+}
+
+/// A source's complete weight table: each operator at most once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WeightTable(Vec<WeightEntry>);
+
+impl WeightTable {
+    /// `field` names the repeated field, for messages like `operators[2].weight`.
+    pub fn parse(field: &str, entries: impl IntoIterator<Item = (i64, i32)>) -> Result<Self> {
+        let mut seen = HashSet::new();
+        let mut table = Vec::new();
+        for (index, (operator_id, weight)) in entries.into_iter().enumerate() {
+            if !seen.insert(operator_id) {
+                return Err(Error::invalid(
+                    format!("{field}[{index}].operator_id"),
+                    format!("operator {operator_id} is listed more than once"),
+                ));
+            }
+            let weight = Weight::parse(&format!("{field}[{index}].weight"), weight)?;
+            table.push(WeightEntry {
+                operator_id,
+                weight,
+            });
+        }
+        table.sort_by_key(|entry| entry.operator_id);
+        Ok(Self(table))
+    }
+
+    pub fn entries(&self) -> &[WeightEntry] {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weight_range_is_inclusive() {
+        assert!(Weight::parse("w", 0).is_err());
+        assert!(Weight::parse("w", -5).is_err());
+        assert_eq!(Weight::parse("w", 1).unwrap().get(), 1);
+        assert_eq!(Weight::parse("w", 1_000_000).unwrap().get(), 1_000_000);
+        assert!(Weight::parse("w", 1_000_001).is_err());
+    }
+
+    #[test]
+    fn weight_table_rejects_duplicates_and_names_the_entry() {
+        let err = WeightTable::parse("operators", [(1, 5), (2, 5), (1, 7)]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("operators[2].operator_id:"),
+            "{err}"
+        );
+        let err = WeightTable::parse("operators", [(1, 5), (2, 0)]).unwrap_err();
+        assert!(err.to_string().starts_with("operators[1].weight:"), "{err}");
+    }
+
+    #[test]
+    fn weight_table_is_sorted_by_operator() {
+        let table = WeightTable::parse("operators", [(9, 1), (3, 2)]).unwrap();
+        let ids: Vec<_> = table.entries().iter().map(|e| e.operator_id).collect();
+        assert_eq!(ids, [3, 9]);
+        assert!(
+            WeightTable::parse("operators", [])
+                .unwrap()
+                .entries()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn bot_id_is_trimmed_and_required() {
+        assert_eq!(BotId::parse("bot_id", " bot-1 ").unwrap().as_str(), "bot-1");
+        assert!(BotId::parse("bot_id", "   ").is_err());
+        assert_eq!(SourceName::parse("name", "  ").unwrap().as_str(), "");
+    }
+}

@@ -1,0 +1,88 @@
+//! The one error type of the service and its mapping to gRPC status codes.
+
+use tonic::{Code, Status};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed; `field` names the offending request field.
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: String, reason: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A pool checkout failed: the database cannot be reached right now.
+    #[error("database pool: {0}")]
+    Pool(#[from] r2d2::Error),
+    #[error("database: {0}")]
+    Database(#[from] diesel::result::Error),
+    #[error("blocking task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+impl Error {
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    pub fn not_found(what: impl std::fmt::Display) -> Self {
+        Self::NotFound(format!("{what} not found"))
+    }
+
+    /// Whether running the whole transaction again may succeed: the database
+    /// aborted it because of a concurrent one, not because of its content.
+    pub fn is_transient_conflict(&self, retry_unique_violations: bool) -> bool {
+        use diesel::result::{DatabaseErrorKind as Kind, Error as DieselError};
+        match self {
+            Self::Database(DieselError::DatabaseError(kind, info)) => match kind {
+                Kind::SerializationFailure => true,
+                Kind::UniqueViolation => retry_unique_violations,
+                // PostgreSQL's deadlock_detected (40P01) has no kind of its own in diesel.
+                _ => info.message().contains("deadlock detected"),
+            },
+            _ => false,
+        }
+    }
+
+    fn is_unavailable(&self) -> bool {
+        use diesel::result::Error as DieselError;
+        match self {
+            Self::Pool(_) => true,
+            Self::Database(DieselError::DatabaseError(kind, info)) => {
+                matches!(kind, diesel::result::DatabaseErrorKind::ClosedConnection)
+                    || info.message().contains("database is locked")
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Client-facing messages name the field and the reason; internal causes are
+/// logged here and never sent.
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        let unavailable = error.is_unavailable();
+        match error {
+            Error::InvalidArgument { .. } => Status::invalid_argument(error.to_string()),
+            Error::NotFound(message) => Status::not_found(message),
+            Error::AlreadyExists(message) => Status::already_exists(message),
+            Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::Pool(_) | Error::Database(_) | Error::Task(_) => {
+                if unavailable {
+                    tracing::warn!(error = %error, "database unavailable");
+                    Status::new(Code::Unavailable, "the database is unavailable, try again")
+                } else {
+                    tracing::error!(error = %error, "internal error");
+                    Status::internal("internal error")
+                }
+            }
+        }
+    }
+}

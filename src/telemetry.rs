@@ -1,0 +1,10 @@
+use tracing_subscriber::{EnvFilter, fmt};
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`: one line per call).
+pub fn init() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
