@@ -1,0 +1,408 @@
+//! Starts the real server on port 0 over a database of its own and talks to it
+//! through the generated tonic clients.
+
+use std::{
+    future::Future,
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use minicrm::{
+    config::Settings,
+    proto::{
+        self as pb, contact_service_client::ContactServiceClient,
+        operator_service_client::OperatorServiceClient, source_service_client::SourceServiceClient,
+    },
+    startup::Application,
+};
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Code, Status, transport::Channel};
+
+pub const POSTGRES_URL_VAR: &str = "MINICRM_TEST_POSTGRES_URL";
+
+/// A database only one test uses: a temp-file SQLite, or a fresh PostgreSQL
+/// database created for the test and dropped after it.
+pub enum TestDb {
+    Sqlite(tempfile::TempDir),
+    Postgres { admin_url: String, name: String },
+}
+
+impl TestDb {
+    pub fn sqlite() -> Self {
+        Self::Sqlite(tempfile::tempdir().expect("temp dir"))
+    }
+
+    /// `None` when `MINICRM_TEST_POSTGRES_URL` is not set.
+    pub fn postgres() -> Option<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let admin_url = std::env::var(POSTGRES_URL_VAR).ok()?;
+        let name = format!(
+            "minicrm_test_{}_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            rand::random::<u32>()
+        );
+        let mut admin = PgConnection::establish(&admin_url).expect("connect to PostgreSQL");
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .expect("create test database");
+        Some(Self::Postgres { admin_url, name })
+    }
+
+    pub fn url(&self) -> String {
+        match self {
+            Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("minicrm.db").display()),
+            Self::Postgres { admin_url, name } => with_database(admin_url, name),
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Self::Postgres { admin_url, name } = self
+            && let Ok(mut admin) = PgConnection::establish(admin_url)
+        {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut admin);
+        }
+    }
+}
+
+/// The same server URL, naming another database.
+fn with_database(url: &str, database: &str) -> String {
+    let (without_query, query) = match url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (url, String::new()),
+    };
+    let authority_start = without_query.find("://").map_or(0, |i| i + 3);
+    let server = match without_query[authority_start..].find('/') {
+        Some(slash) => &without_query[..authority_start + slash],
+        None => without_query,
+    };
+    format!("{server}/{database}{query}")
+}
+
+pub struct TestApp {
+    pub operators: OperatorServiceClient<Channel>,
+    pub sources: SourceServiceClient<Channel>,
+    pub contacts: ContactServiceClient<Channel>,
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl TestApp {
+    pub async fn spawn(db: &TestDb) -> Self {
+        let settings = Settings {
+            listen: "127.0.0.1:0".into(),
+            database_url: db.url(),
+        };
+        let application = Application::build(&settings).await.expect("server starts");
+        let address = application.local_addr().expect("bound address");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(application.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        let channel = Channel::from_shared(format!("http://{address}"))
+            .expect("valid uri")
+            .connect()
+            .await
+            .expect("client connects");
+        Self {
+            operators: OperatorServiceClient::new(channel.clone()),
+            sources: SourceServiceClient::new(channel.clone()),
+            contacts: ContactServiceClient::new(channel.clone()),
+            channel,
+            shutdown: Some(shutdown),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server gracefully and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server ran");
+        }
+    }
+
+    pub async fn create_operator(&self, name: &str, max_load: i32) -> pb::Operator {
+        self.operators
+            .clone()
+            .create_operator(pb::CreateOperatorRequest {
+                name: name.into(),
+                is_active: None,
+                max_load,
+            })
+            .await
+            .expect("create operator")
+            .into_inner()
+    }
+
+    pub async fn create_source(&self, bot_id: &str) -> pb::Source {
+        self.sources
+            .clone()
+            .create_source(pb::CreateSourceRequest {
+                bot_id: bot_id.into(),
+                name: format!("{bot_id} bot"),
+            })
+            .await
+            .expect("create source")
+            .into_inner()
+    }
+
+    pub async fn set_weights(&self, source_id: i64, weights: &[(i64, i32)]) {
+        self.sources
+            .clone()
+            .set_source_operators(pb::SetSourceOperatorsRequest {
+                source_id,
+                operators: weights
+                    .iter()
+                    .map(|&(operator_id, weight)| pb::OperatorWeight {
+                        operator_id,
+                        weight,
+                    })
+                    .collect(),
+            })
+            .await
+            .expect("set weights");
+    }
+
+    /// A source served by `count` operators with the given load limit and weight 1.
+    pub async fn source_with_operators(
+        &self,
+        bot_id: &str,
+        count: usize,
+        max_load: i32,
+    ) -> (pb::Source, Vec<pb::Operator>) {
+        let source = self.create_source(bot_id).await;
+        let mut operators = Vec::new();
+        for index in 0..count {
+            operators.push(
+                self.create_operator(&format!("{bot_id}-op{index}"), max_load)
+                    .await,
+            );
+        }
+        let weights: Vec<_> = operators.iter().map(|op| (op.id, 1)).collect();
+        self.set_weights(source.id, &weights).await;
+        (source, operators)
+    }
+
+    pub async fn register(
+        &self,
+        source_id: i64,
+        lead: pb::LeadIdentity,
+        request_id: &str,
+    ) -> Result<pb::RegisterContactResponse, Status> {
+        self.contacts
+            .clone()
+            .register_contact(pb::RegisterContactRequest {
+                source: Some(pb::register_contact_request::Source::SourceId(source_id)),
+                lead: Some(lead),
+                request_id: request_id.into(),
+            })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    pub async fn get_operator(&self, id: i64) -> pb::Operator {
+        self.operators
+            .clone()
+            .get_operator(pb::GetOperatorRequest { id })
+            .await
+            .expect("get operator")
+            .into_inner()
+    }
+
+    pub async fn get_contact(&self, id: i64) -> pb::Contact {
+        self.contacts
+            .clone()
+            .get_contact(pb::GetContactRequest { id })
+            .await
+            .expect("get contact")
+            .into_inner()
+    }
+
+    pub async fn close(&self, id: i64) -> Result<pb::Contact, Status> {
+        self.contacts
+            .clone()
+            .close_contact(pb::CloseContactRequest { id })
+            .await
+            .map(tonic::Response::into_inner)
+    }
+
+    /// Every contact, following the page tokens to the end.
+    pub async fn all_contacts(&self) -> Vec<pb::Contact> {
+        let mut contacts = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .contacts
+                .clone()
+                .list_contacts(pb::ListContactsRequest {
+                    page_size: 1000,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .expect("list contacts")
+                .into_inner();
+            contacts.extend(page.contacts);
+            if page.next_page_token.is_empty() {
+                return contacts;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    pub async fn all_operators(&self) -> Vec<pb::Operator> {
+        self.operators
+            .clone()
+            .list_operators(pb::ListOperatorsRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("list operators")
+            .into_inner()
+            .operators
+    }
+
+    pub async fn all_leads(&self) -> Vec<pb::Lead> {
+        self.contacts
+            .clone()
+            .list_leads(pb::ListLeadsRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("list leads")
+            .into_inner()
+            .leads
+    }
+
+    /// Every operator's `active_load` equals its count of ACTIVE contacts.
+    /// Returns the operators with their ACTIVE counts.
+    pub async fn assert_loads_match(&self) -> Vec<(pb::Operator, usize)> {
+        let contacts = self.all_contacts().await;
+        let mut loads = Vec::new();
+        for operator in self.all_operators().await {
+            let active = contacts
+                .iter()
+                .filter(|c| {
+                    c.operator_id == Some(operator.id)
+                        && c.status == pb::ContactStatus::Active as i32
+                })
+                .count();
+            assert_eq!(
+                operator.active_load as usize, active,
+                "operator {}: active_load {} but {} ACTIVE contacts",
+                operator.id, operator.active_load, active
+            );
+            loads.push((operator, active));
+        }
+        loads
+    }
+
+    /// The contract's invariant, checked from outside: loads match their
+    /// ACTIVE counts and nobody holds more than `max_load`. Returns the number
+    /// of ACTIVE contacts.
+    pub async fn assert_invariant(&self) -> usize {
+        let mut active_total = 0;
+        for (operator, active) in self.assert_loads_match().await {
+            assert!(
+                operator.active_load <= operator.max_load,
+                "operator {} over its limit: {} > {}",
+                operator.id,
+                operator.active_load,
+                operator.max_load
+            );
+            active_total += active;
+        }
+        active_total
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
+pub fn phone_lead(phone: &str) -> pb::LeadIdentity {
+    pb::LeadIdentity {
+        phone: phone.into(),
+        ..Default::default()
+    }
+}
+
+pub fn assert_code<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, field: &str) {
+    match result {
+        Ok(value) => panic!("expected {code:?}, got Ok({value:?})"),
+        Err(status) => {
+            assert_eq!(status.code(), code, "{}", status.message());
+            assert!(
+                status.message().contains(field),
+                "message {:?} should name {field:?}",
+                status.message()
+            );
+        }
+    }
+}
+
+/// Runs the future once per backend: SQLite always, PostgreSQL when
+/// `MINICRM_TEST_POSTGRES_URL` is set (skipped with a note otherwise).
+pub async fn on_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    match TestDb::postgres() {
+        Some(db) => test(db).await,
+        None => eprintln!("skipped: set {POSTGRES_URL_VAR} to run this test on PostgreSQL"),
+    }
+}
+
+/// Declares each listed `async fn name(db: TestDb)` as two tests,
+/// `sqlite::name` and `postgres::name`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name($crate::helpers::TestDb::sqlite()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $crate::helpers::on_postgres(super::$name).await;
+                }
+            )*
+        }
+    };
+}
+
+#[test]
+fn postgres_urls_are_pointed_at_the_test_database() {
+    assert_eq!(
+        with_database("postgres://postgres@127.0.0.1:5432/test", "t1"),
+        "postgres://postgres@127.0.0.1:5432/t1"
+    );
+    assert_eq!(
+        with_database("postgresql://u:p@h/db?sslmode=disable", "t2"),
+        "postgresql://u:p@h/t2?sslmode=disable"
+    );
+    assert_eq!(
+        with_database("postgres://h:5432", "t3"),
+        "postgres://h:5432/t3"
+    );
+}
