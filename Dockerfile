@@ -1,0 +1,22 @@
+# syntax=docker/dockerfile:1
+# Build: everything (SQLite, libpq, the proto compiler) is bundled, so the
+# builder needs only Rust and a C compiler.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin minicrm
+
+FROM debian:bookworm-slim
+RUN useradd --system --uid 10001 --home-dir /data minicrm \
+    && mkdir -p /data && chown minicrm /data
+COPY --from=build /src/target/release/minicrm /usr/local/bin/minicrm
+USER minicrm
+WORKDIR /data
+# The SQLite database (and its -wal/-shm files) live here.
+VOLUME ["/data"]
+ENV MINICRM_LISTEN=0.0.0.0:50051 \
+    DATABASE_URL=sqlite:///data/minicrm.db \
+    RUST_LOG=info
+EXPOSE 50051
+# minicrm stops gracefully on SIGTERM (docker stop): in-flight calls finish.
+ENTRYPOINT ["/usr/local/bin/minicrm"]
