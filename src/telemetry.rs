@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use tracing_subscriber::{EnvFilter, fmt};
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`: one line per call).
