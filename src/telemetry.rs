@@ -1,5 +1,3 @@
-use std::io::IsTerminal;
-
 use tracing_subscriber::{EnvFilter, fmt};
 
 /// Logs to stderr, filtered by `RUST_LOG` (default `info`: one line per call).

@@ -15,7 +15,7 @@ pub use contact::{
 };
 pub use lead::{Email, ExternalId, LeadIdentity, LeadName, Phone};
 pub use operator::{MaxLoad, NewOperator, Operator, OperatorChanges, OperatorName};
-pub use page::{Page, PageRequest};
+pub use page::{Page, PageRequest, page_token_after};
 pub use source::{
     BotId, NewSource, Source, SourceKey, SourceName, Weight, WeightEntry, WeightTable,
 };

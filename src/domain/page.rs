@@ -60,6 +60,12 @@ pub struct Page<T> {
     pub next_page_token: String,
 }
 
+/// The token of the page that starts after the row with this id: what
+/// `next_page_token` would be after a page ending there.
+pub fn page_token_after(id: i64) -> String {
+    encode_token(id)
+}
+
 fn encode_token(after: i64) -> String {
     format!("{TOKEN_PREFIX}{after:x}")
 }
