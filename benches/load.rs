@@ -25,8 +25,7 @@ use minicrm::{
     domain::page_token_after,
     proto::{
         self as pb, contact_service_client::ContactServiceClient,
-        operator_service_client::OperatorServiceClient,
-        source_service_client::SourceServiceClient,
+        operator_service_client::OperatorServiceClient, source_service_client::SourceServiceClient,
     },
 };
 use tonic::transport::Channel;
@@ -105,7 +104,9 @@ impl BenchDb {
         match self {
             Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("bench.db").display()),
             Self::Postgres { admin_url, name } => {
-                let (server, _) = admin_url.rsplit_once('/').expect("postgres url with a database");
+                let (server, _) = admin_url
+                    .rsplit_once('/')
+                    .expect("postgres url with a database");
                 format!("{server}/{name}")
             }
         }
@@ -121,12 +122,15 @@ impl BenchDb {
     fn connect(&self) -> Sql {
         match self {
             Self::Sqlite(dir) => {
-                let mut c = SqliteConnection::establish(&dir.path().join("bench.db").to_string_lossy())
-                    .expect("open the SQLite file");
+                let mut c =
+                    SqliteConnection::establish(&dir.path().join("bench.db").to_string_lossy())
+                        .expect("open the SQLite file");
                 c.batch_execute("PRAGMA busy_timeout = 30000").unwrap();
                 Sql::Sqlite(c)
             }
-            Self::Postgres { .. } => Sql::Postgres(PgConnection::establish(&self.url()).expect("connect")),
+            Self::Postgres { .. } => {
+                Sql::Postgres(PgConnection::establish(&self.url()).expect("connect"))
+            }
         }
     }
 }
@@ -183,8 +187,12 @@ impl Sql {
     /// Whether the schema keeps stats counters (it does from the second migration on).
     fn has_counters(&mut self) -> bool {
         let sql = match self {
-            Self::Sqlite(_) => "SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'contact_counts'",
-            Self::Postgres(_) => "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_name = 'contact_counts'",
+            Self::Sqlite(_) => {
+                "SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'contact_counts'"
+            }
+            Self::Postgres(_) => {
+                "SELECT COUNT(*) AS n FROM information_schema.tables WHERE table_name = 'contact_counts'"
+            }
         };
         self.count(sql) > 0
     }
@@ -290,9 +298,14 @@ struct Fixture {
 
 async fn wait_until_serving(address: &str) {
     for _ in 0..300 {
-        if let Ok(channel) = Channel::from_shared(format!("http://{address}")).unwrap().connect().await
+        if let Ok(channel) = Channel::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect()
+            .await
             && HealthClient::new(channel)
-                .check(HealthCheckRequest { service: String::new() })
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
                 .is_ok()
         {
@@ -373,13 +386,23 @@ async fn prepare(args: &Args, db: &BenchDb, clients: &Clients) -> Fixture {
     let (register_source, register_ops) =
         operators_for(clients, "bench-register", 10, ample, |i| i).await;
     let (full_source, _) = operators_for(clients, "bench-full", 10, 0, |i| i).await;
-    let (close_source, close_ops) =
-        operators_for(clients, "bench-close", 10, CLOSE_OPERATOR_LOAD as i32, |_| 1).await;
+    let (close_source, close_ops) = operators_for(
+        clients,
+        "bench-close",
+        10,
+        CLOSE_OPERATOR_LOAD as i32,
+        |_| 1,
+    )
+    .await;
 
     let mut sql = db.connect();
     let now = "1700000000000000";
     // Pre-existing leads (and the warm pool when none are asked for).
-    let leads = if args.leads > 0 { args.leads } else { WARM_LEADS };
+    let leads = if args.leads > 0 {
+        args.leads
+    } else {
+        WARM_LEADS
+    };
     sql.run(&format!(
         "INSERT INTO leads (phone, name, created_at) {}",
         sql.series(leads, &format!("'+' || ({SEED_PHONE_BASE} + i), '', {now}"))
@@ -415,7 +438,10 @@ async fn prepare(args: &Args, db: &BenchDb, clients: &Clients) -> Fixture {
     ));
     sql.run(&format!(
         "INSERT INTO contacts (lead_id, source_id, status, created_at, lead_created) {}",
-        sql.series(waiting, &format!("{first_lead} + (i % {leads}), {close_source}, 2, {now}, false"))
+        sql.series(
+            waiting,
+            &format!("{first_lead} + (i % {leads}), {close_source}, 2, {now}, false")
+        )
     ));
     sql.run(&format!(
         "UPDATE operators SET active_load = {CLOSE_OPERATOR_LOAD} WHERE id BETWEEN {} AND {}",
@@ -454,7 +480,13 @@ struct Measured {
 }
 
 /// One call of the scenario; `n` numbers the calls of the whole run.
-async fn call(scenario: &str, channel: Channel, fixture: &Fixture, n: u64, run: u64) -> Result<(), String> {
+async fn call(
+    scenario: &str,
+    channel: Channel,
+    fixture: &Fixture,
+    n: u64,
+    run: u64,
+) -> Result<(), String> {
     let register = |source_id: i64| {
         // Half the calls come from new people, half from known ones.
         let phone = if n % 2 == 0 {
@@ -473,7 +505,9 @@ async fn call(scenario: &str, channel: Channel, fixture: &Fixture, n: u64, run: 
     };
     let outcome = match scenario {
         "noop" => HealthClient::new(channel)
-            .check(HealthCheckRequest { service: String::new() })
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
             .await
             .map(drop),
         "register" => ContactServiceClient::new(channel)
@@ -586,15 +620,23 @@ fn check_invariant(sql: &mut Sql) -> Result<String, String> {
     );
     let over = sql.count("SELECT COUNT(*) AS n FROM operators WHERE active_load > max_load");
     let counters = sql.has_counters();
-    let wrong_counts = if !counters { 0 } else { sql.count(
+    let wrong_counts = if !counters {
+        0
+    } else {
+        sql.count(
         "SELECT COUNT(*) AS n FROM contact_counts k WHERE k.active <> \
          (SELECT COUNT(*) FROM contacts c WHERE c.operator_id = k.operator_id AND c.source_id = k.source_id AND c.status = 1) \
          OR k.total <> (SELECT COUNT(*) FROM contacts c WHERE c.operator_id = k.operator_id AND c.source_id = k.source_id)",
-    ) };
-    let wrong_pending = if !counters { 0 } else { sql.count(
-        "SELECT COUNT(*) AS n FROM pending_counts p WHERE p.pending <> \
+    )
+    };
+    let wrong_pending = if !counters {
+        0
+    } else {
+        sql.count(
+            "SELECT COUNT(*) AS n FROM pending_counts p WHERE p.pending <> \
          (SELECT COUNT(*) FROM contacts c WHERE c.source_id = p.source_id AND c.status = 2)",
-    ) };
+        )
+    };
     let contacts = sql.count("SELECT COUNT(*) AS n FROM contacts");
     if wrong_load == 0 && over == 0 && wrong_counts == 0 && wrong_pending == 0 {
         Ok(format!(

@@ -2,7 +2,7 @@ use diesel::prelude::*;
 use rand::Rng;
 
 use super::{
-    DbConnection, dispatch, leads, locks,
+    DbConnection, counts, dispatch, leads, locks,
     models::{ContactRow, NewContactRow},
     operators,
     schema::contacts,
@@ -48,6 +48,10 @@ pub fn register<R: Rng + ?Sized>(
         })
         .returning(contacts::all_columns)
         .get_result(connection)?;
+    match operator_id {
+        Some(operator_id) => counts::assigned(connection, operator_id, source_id)?,
+        None => counts::pending(connection, source_id, 1)?,
+    }
     Ok(Registration {
         contact: row.into(),
         lead,
@@ -199,7 +203,11 @@ pub fn close<R: Rng + ?Sized>(
         if closed == 0 {
             continue;
         }
+        if contact.status == ContactStatus::Pending {
+            counts::pending(connection, contact.source_id, -1)?;
+        }
         if let (ContactStatus::Active, Some(operator_id)) = (contact.status, contact.operator_id) {
+            counts::closed(connection, operator_id, contact.source_id)?;
             operators::release_slot(connection, operator_id)?;
             dispatch::pending(
                 connection,

@@ -6,7 +6,7 @@ use diesel::prelude::*;
 use rand::Rng;
 
 use super::{
-    DbConnection, operators,
+    DbConnection, counts, operators,
     schema::{contacts, source_operators},
 };
 use crate::{
@@ -66,6 +66,8 @@ pub fn pending<R: Rng + ?Sized>(
                 None => open_sources.retain(|open| *open != source_id),
                 Some(operator_id) => {
                     if assign(connection, contact_id, operator_id)? {
+                        counts::assigned(connection, operator_id, source_id)?;
+                        counts::pending(connection, source_id, -1)?;
                         assigned += 1;
                     } else {
                         // Closed or assigned by a concurrent transaction meanwhile.

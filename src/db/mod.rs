@@ -2,6 +2,7 @@
 
 mod connection;
 pub mod contacts;
+mod counts;
 pub mod dispatch;
 pub mod leads;
 mod locks;

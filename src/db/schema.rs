@@ -61,10 +61,29 @@ diesel::joinable!(contacts -> leads (lead_id));
 diesel::joinable!(contacts -> sources (source_id));
 diesel::joinable!(contacts -> operators (operator_id));
 
+diesel::table! {
+    contact_counts (operator_id, source_id) {
+        operator_id -> BigInt,
+        source_id -> BigInt,
+        active -> BigInt,
+        closed -> BigInt,
+        total -> BigInt,
+    }
+}
+
+diesel::table! {
+    pending_counts (source_id) {
+        source_id -> BigInt,
+        pending -> BigInt,
+    }
+}
+
 diesel::allow_tables_to_appear_in_same_query!(
     operators,
     sources,
     source_operators,
     leads,
-    contacts
+    contacts,
+    contact_counts,
+    pending_counts,
 );

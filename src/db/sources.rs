@@ -2,7 +2,7 @@ use diesel::{prelude::*, result::DatabaseErrorKind};
 use rand::Rng;
 
 use super::{
-    DbConnection, dispatch, locks,
+    DbConnection, counts, dispatch, locks,
     models::{NewSourceRow, SourceRow, WeightRow},
     schema::{operators, source_operators, sources},
 };
@@ -21,7 +21,10 @@ pub fn create(connection: &mut DbConnection, new: &NewSource) -> Result<Source> 
         .returning(sources::all_columns)
         .get_result::<SourceRow>(connection);
     match inserted {
-        Ok(row) => Ok(row.into()),
+        Ok(row) => {
+            counts::add_source(connection, row.id)?;
+            Ok(row.into())
+        }
         Err(diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
             Err(Error::AlreadyExists(format!(
                 "bot_id: a source with bot_id {:?} already exists",
@@ -115,6 +118,7 @@ pub fn set_operators<R: Rng + ?Sized>(
                 weight: entry.weight.get(),
             })
             .execute(connection)?;
+        counts::add_pair(connection, entry.operator_id, source_id)?;
     }
     dispatch::pending(connection, dispatch::Scope::Source(source_id), rng)?;
     weights(connection, source_id)

@@ -1,55 +1,46 @@
-use std::collections::BTreeMap;
+use diesel::prelude::*;
 
-use diesel::{dsl::count_star, prelude::*};
-
-use super::{DbConnection, schema::contacts};
+use super::{
+    DbConnection,
+    schema::{contact_counts, pending_counts},
+};
 use crate::{
     Result,
-    domain::{ContactStatus, OperatorSourceStats, SourcePending, StatsReport},
+    domain::{OperatorSourceStats, SourcePending, StatsReport},
 };
 
-/// Contact counts per (operator, source) pair and pending counts per source.
+/// Contact counts per (operator, source) pair and pending counts per source,
+/// read from the counters: the cost grows with the pairs, not the contacts.
 pub fn report(connection: &mut DbConnection) -> Result<StatsReport> {
-    let counted: Vec<(Option<i64>, i64, i32, i64)> = contacts::table
-        .filter(contacts::operator_id.is_not_null())
-        .group_by((contacts::operator_id, contacts::source_id, contacts::status))
+    let rows: Vec<(i64, i64, i64, i64, i64)> = contact_counts::table
+        .filter(contact_counts::total.gt(0))
+        .order((contact_counts::operator_id, contact_counts::source_id))
         .select((
-            contacts::operator_id,
-            contacts::source_id,
-            contacts::status,
-            count_star(),
+            contact_counts::operator_id,
+            contact_counts::source_id,
+            contact_counts::active,
+            contact_counts::closed,
+            contact_counts::total,
         ))
         .load(connection)?;
-    let mut pairs: BTreeMap<(i64, i64), OperatorSourceStats> = BTreeMap::new();
-    for (operator_id, source_id, status, count) in counted {
-        let Some(operator_id) = operator_id else {
-            continue;
-        };
-        let row = pairs
-            .entry((operator_id, source_id))
-            .or_insert(OperatorSourceStats {
-                operator_id,
-                source_id,
-                active: 0,
-                closed: 0,
-                total: 0,
-            });
-        match ContactStatus::from_code(status) {
-            Some(ContactStatus::Active) => row.active += count,
-            Some(ContactStatus::Closed) => row.closed += count,
-            // A contact with an operator is never PENDING (schema CHECK).
-            Some(ContactStatus::Pending) | None => {}
-        }
-        row.total += count;
-    }
-    let pending: Vec<(i64, i64)> = contacts::table
-        .filter(contacts::status.eq(ContactStatus::Pending.code()))
-        .group_by(contacts::source_id)
-        .select((contacts::source_id, count_star()))
-        .order(contacts::source_id)
+    let pending: Vec<(i64, i64)> = pending_counts::table
+        .filter(pending_counts::pending.gt(0))
+        .order(pending_counts::source_id)
+        .select((pending_counts::source_id, pending_counts::pending))
         .load(connection)?;
     Ok(StatsReport {
-        rows: pairs.into_values().collect(),
+        rows: rows
+            .into_iter()
+            .map(
+                |(operator_id, source_id, active, closed, total)| OperatorSourceStats {
+                    operator_id,
+                    source_id,
+                    active,
+                    closed,
+                    total,
+                },
+            )
+            .collect(),
         pending: pending
             .into_iter()
             .map(|(source_id, pending)| SourcePending { source_id, pending })

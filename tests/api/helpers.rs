@@ -303,7 +303,58 @@ impl TestApp {
             );
             loads.push((operator, active));
         }
+        self.assert_stats_match(&contacts).await;
         loads
+    }
+
+    /// GetOperatorStats agrees with the contacts it summarizes.
+    pub async fn assert_stats_match(&self, contacts: &[pb::Contact]) {
+        use std::collections::BTreeMap;
+        let mut pairs: BTreeMap<(i64, i64), (i64, i64, i64)> = BTreeMap::new();
+        let mut pending: BTreeMap<i64, i64> = BTreeMap::new();
+        for contact in contacts {
+            if contact.status == pb::ContactStatus::Pending as i32 {
+                *pending.entry(contact.source_id).or_default() += 1;
+            }
+            if let Some(operator_id) = contact.operator_id {
+                let counts = pairs.entry((operator_id, contact.source_id)).or_default();
+                if contact.status == pb::ContactStatus::Active as i32 {
+                    counts.0 += 1;
+                } else if contact.status == pb::ContactStatus::Closed as i32 {
+                    counts.1 += 1;
+                }
+                counts.2 += 1;
+            }
+        }
+        let expected = pb::GetOperatorStatsResponse {
+            rows: pairs
+                .into_iter()
+                .map(|((operator_id, source_id), (active, closed, total))| {
+                    pb::OperatorSourceStats {
+                        operator_id,
+                        source_id,
+                        active,
+                        closed,
+                        total,
+                    }
+                })
+                .collect(),
+            pending: pending
+                .into_iter()
+                .map(|(source_id, pending)| pb::SourcePending { source_id, pending })
+                .collect(),
+        };
+        let stats = self
+            .contacts
+            .clone()
+            .get_operator_stats(pb::GetOperatorStatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner();
+        assert_eq!(
+            stats, expected,
+            "GetOperatorStats disagrees with the contacts"
+        );
     }
 
     /// The contract's invariant, checked from outside: loads match their

@@ -1,0 +1,2 @@
+DROP TABLE pending_counts;
+DROP TABLE contact_counts;
