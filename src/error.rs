@@ -22,6 +22,12 @@ pub enum Error {
     Database(#[from] diesel::result::Error),
     #[error("blocking task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The database could not take the write now; the cause is for the log.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// An internal fault; the cause is for the log.
+    #[error("internal: {0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -51,10 +57,20 @@ impl Error {
         }
     }
 
+    /// What a unit of work answers when the transaction it ran in could not
+    /// commit because of `self`: its own outcome was rolled back.
+    pub fn lost_transaction(&self) -> Self {
+        if self.is_unavailable() || self.is_transient_conflict(true) {
+            Self::Unavailable(self.to_string())
+        } else {
+            Self::Internal(self.to_string())
+        }
+    }
+
     fn is_unavailable(&self) -> bool {
         use diesel::result::Error as DieselError;
         match self {
-            Self::Pool(_) => true,
+            Self::Pool(_) | Self::Unavailable(_) => true,
             Self::Database(DieselError::DatabaseError(kind, info)) => {
                 matches!(kind, diesel::result::DatabaseErrorKind::ClosedConnection)
                     || info.message().contains("database is locked")
@@ -74,7 +90,11 @@ impl From<Error> for Status {
             Error::NotFound(message) => Status::not_found(message),
             Error::AlreadyExists(message) => Status::already_exists(message),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
-            Error::Pool(_) | Error::Database(_) | Error::Task(_) => {
+            Error::Pool(_)
+            | Error::Database(_)
+            | Error::Task(_)
+            | Error::Unavailable(_)
+            | Error::Internal(_) => {
                 if unavailable {
                     tracing::warn!(error = %error, "database unavailable");
                     Status::new(Code::Unavailable, "the database is unavailable, try again")

@@ -3,13 +3,11 @@
 //! tokio's blocking pool, inside the caller's tracing span, never on an async
 //! worker thread.
 
-use std::time::Duration;
-
 use tracing::Span;
 
 use crate::{
     Result,
-    db::{self, Backend, Database, DbConnection},
+    db::{self, Backend, Database, DbConnection, OnUniqueViolation, Writer},
     domain::{
         Contact, ContactFilter, Lead, NewContact, NewOperator, NewSource, Operator,
         OperatorChanges, Page, PageRequest, Registration, RequestId, Source, SourceKey,
@@ -17,22 +15,25 @@ use crate::{
     },
 };
 
+/// Writer threads on PostgreSQL, each with its own connection and batches.
+const POSTGRES_WRITERS: usize = 1;
+
 #[derive(Clone)]
 pub struct Repository {
     database: Database,
-}
-
-/// Whether a unique violation means "a concurrent call inserted the same row
-/// first, run again and find it" rather than a conflict to report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OnUniqueViolation {
-    Fail,
-    Retry,
+    writer: Writer,
 }
 
 impl Repository {
-    pub fn new(database: Database) -> Self {
-        Self { database }
+    /// Starts the writer threads: one for SQLite, which has a single writer
+    /// anyway; a few for PostgreSQL.
+    pub fn new(database: Database) -> std::io::Result<Self> {
+        let threads = match database.backend() {
+            Backend::Sqlite => 1,
+            Backend::Postgres => POSTGRES_WRITERS,
+        };
+        let writer = Writer::start(database.write_pool().clone(), threads)?;
+        Ok(Self { database, writer })
     }
 
     pub fn backend(&self) -> Backend {
@@ -54,37 +55,13 @@ impl Repository {
         .await?
     }
 
-    /// Runs `work` in a write transaction, again from the start when the
-    /// database aborted it over a conflict with a concurrent transaction.
+    /// Runs `work` as one unit of a group-committed write transaction.
     async fn write<T, F>(&self, on_unique: OnUniqueViolation, work: F) -> Result<T>
     where
         T: Send + 'static,
         F: Fn(&mut DbConnection) -> Result<T> + Send + 'static,
     {
-        let pool = self.database.write_pool().clone();
-        let span = Span::current();
-        tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            let mut connection = pool.get()?;
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match db::write_transaction(&mut connection, &work) {
-                    Err(error)
-                        if db::should_retry(
-                            &error,
-                            attempt,
-                            on_unique == OnUniqueViolation::Retry,
-                        ) =>
-                    {
-                        tracing::debug!(%error, attempt, "transaction conflict, retrying");
-                        std::thread::sleep(backoff(attempt));
-                    }
-                    outcome => return outcome,
-                }
-            }
-        })
-        .await?
+        self.writer.run(on_unique, work).await
     }
 
     pub async fn create_operator(&self, new: NewOperator) -> Result<Operator> {
@@ -189,11 +166,4 @@ impl Repository {
     pub async fn operator_stats(&self) -> Result<StatsReport> {
         self.read(db::stats::report).await
     }
-}
-
-/// Short, growing, jittered pauses keep retrying transactions from colliding
-/// again in lockstep.
-fn backoff(attempt: u32) -> Duration {
-    let ceiling_micros = 200u64 << attempt.min(6);
-    Duration::from_micros(rand::random_range(0..ceiling_micros))
 }

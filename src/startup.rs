@@ -31,7 +31,7 @@ impl Application {
         let listener = TcpListener::bind(&settings.listen).await?;
         Ok(Self {
             listener,
-            repository: Repository::new(database),
+            repository: Repository::new(database)?,
         })
     }
 

@@ -49,8 +49,8 @@ pub fn register<R: Rng + ?Sized>(
         .returning(contacts::all_columns)
         .get_result(connection)?;
     match operator_id {
-        Some(operator_id) => counts::assigned(connection, operator_id, source_id)?,
-        None => counts::pending(connection, source_id, 1)?,
+        Some(operator_id) => counts::assigned(operator_id, source_id),
+        None => counts::pending(source_id, 1),
     }
     Ok(Registration {
         contact: row.into(),
@@ -60,27 +60,14 @@ pub fn register<R: Rng + ?Sized>(
 }
 
 /// Picks the operator for a new contact of the source, or `None` to leave it
-/// PENDING.
-///
-/// Before settling on PENDING it locks the source and its operators and looks
-/// again: a capacity event racing with this call then either committed first
-/// (and the second look sees it) or waits for this commit (and its dispatch
-/// sees the new pending contact). Either way no contact stays pending while
-/// someone could take it.
+/// PENDING. Under the source's locks (see [`locks`]) the candidates read are
+/// exact: no capacity event can slip in between this look and the commit.
 fn assign<R: Rng + ?Sized>(
     connection: &mut DbConnection,
     source_id: i64,
     rng: &mut R,
 ) -> Result<Option<i64>> {
-    if let Some(operator_id) = operators::claim_for_source(connection, source_id, rng)? {
-        return Ok(Some(operator_id));
-    }
-    if matches!(connection, DbConnection::Sqlite(_)) {
-        // Already serialized with every other writer: the first look is final.
-        return Ok(None);
-    }
-    locks::share_source(connection, source_id)?;
-    locks::source_operators(connection, source_id)?;
+    locks::sources(connection, &[source_id])?;
     operators::claim_for_source(connection, source_id, rng)
 }
 
@@ -183,13 +170,23 @@ pub fn close<R: Rng + ?Sized>(
         let contact: Contact = row(connection, id)?
             .map(Contact::from)
             .ok_or_else(|| Error::not_found(format_args!("contact {id}")))?;
-        if contact.status == ContactStatus::Closed {
-            return Err(Error::FailedPrecondition(format!(
-                "id: contact {id} is already closed"
-            )));
-        }
-        // Guarded by the status just read: a concurrent dispatch or close of
-        // the same contact makes this match nothing, and the loop reads again.
+        let served = match (contact.status, contact.operator_id) {
+            (ContactStatus::Closed, _) => {
+                return Err(Error::FailedPrecondition(format!(
+                    "id: contact {id} is already closed"
+                )));
+            }
+            (ContactStatus::Active, Some(operator_id)) => {
+                locks::operator_sources(connection, operator_id, Some(contact.source_id))?
+            }
+            _ => {
+                locks::sources(connection, &[contact.source_id])?;
+                Vec::new()
+            }
+        };
+        // Guarded by the status just read: if a concurrent dispatch or close
+        // changed the contact meanwhile, this matches nothing and the loop
+        // reads it again.
         let closed = diesel::update(
             contacts::table
                 .find(id)
@@ -203,17 +200,13 @@ pub fn close<R: Rng + ?Sized>(
         if closed == 0 {
             continue;
         }
-        if contact.status == ContactStatus::Pending {
-            counts::pending(connection, contact.source_id, -1)?;
-        }
-        if let (ContactStatus::Active, Some(operator_id)) = (contact.status, contact.operator_id) {
-            counts::closed(connection, operator_id, contact.source_id)?;
-            operators::release_slot(connection, operator_id)?;
-            dispatch::pending(
-                connection,
-                dispatch::Scope::OperatorSources(operator_id),
-                rng,
-            )?;
+        match (contact.status, contact.operator_id) {
+            (ContactStatus::Active, Some(operator_id)) => {
+                operators::release_slot(connection, operator_id)?;
+                counts::closed(operator_id, contact.source_id);
+                dispatch::pending(connection, &served, rng)?;
+            }
+            _ => counts::pending(contact.source_id, -1),
         }
         return get(connection, id);
     }

@@ -1,11 +1,13 @@
-//! The counters behind GetOperatorStats, moved in the same transaction as the
-//! contacts they count.
+//! The counters behind GetOperatorStats. Changes are summed per row during the
+//! transaction and written just before it commits: one statement per row
+//! touched, and counter rows are always the last rows a transaction locks.
 
 use diesel::prelude::*;
 
 use super::{
     DbConnection,
     schema::{contact_counts, pending_counts},
+    tx_state::{self, PairDelta},
 };
 use crate::Result;
 
@@ -39,31 +41,58 @@ pub fn add_pair(connection: &mut DbConnection, operator_id: i64, source_id: i64)
 }
 
 /// A contact of the source became ACTIVE with the operator.
-pub fn assigned(connection: &mut DbConnection, operator_id: i64, source_id: i64) -> Result<()> {
-    diesel::update(contact_counts::table.find((operator_id, source_id)))
-        .set((
-            contact_counts::active.eq(contact_counts::active + 1),
-            contact_counts::total.eq(contact_counts::total + 1),
-        ))
-        .execute(connection)?;
-    Ok(())
+pub fn assigned(operator_id: i64, source_id: i64) {
+    tx_state::add_pair(
+        operator_id,
+        source_id,
+        PairDelta {
+            active: 1,
+            closed: 0,
+            total: 1,
+        },
+    );
 }
 
 /// An ACTIVE contact of the pair was closed.
-pub fn closed(connection: &mut DbConnection, operator_id: i64, source_id: i64) -> Result<()> {
-    diesel::update(contact_counts::table.find((operator_id, source_id)))
-        .set((
-            contact_counts::active.eq(contact_counts::active - 1),
-            contact_counts::closed.eq(contact_counts::closed + 1),
-        ))
-        .execute(connection)?;
-    Ok(())
+pub fn closed(operator_id: i64, source_id: i64) {
+    tx_state::add_pair(
+        operator_id,
+        source_id,
+        PairDelta {
+            active: -1,
+            closed: 1,
+            total: 0,
+        },
+    );
 }
 
 /// The source's pending count moves by `delta`.
-pub fn pending(connection: &mut DbConnection, source_id: i64, delta: i64) -> Result<()> {
-    diesel::update(pending_counts::table.find(source_id))
-        .set(pending_counts::pending.eq(pending_counts::pending + delta))
-        .execute(connection)?;
+pub fn pending(source_id: i64, delta: i64) {
+    tx_state::add_pending(source_id, delta);
+}
+
+/// Writes the transaction's summed counter changes.
+pub fn flush(connection: &mut DbConnection) -> Result<()> {
+    let deltas = tx_state::take_transaction_deltas();
+    for ((operator_id, source_id), delta) in deltas.pairs {
+        if delta == PairDelta::default() {
+            continue;
+        }
+        diesel::update(contact_counts::table.find((operator_id, source_id)))
+            .set((
+                contact_counts::active.eq(contact_counts::active + delta.active),
+                contact_counts::closed.eq(contact_counts::closed + delta.closed),
+                contact_counts::total.eq(contact_counts::total + delta.total),
+            ))
+            .execute(connection)?;
+    }
+    for (source_id, delta) in deltas.pending {
+        if delta == 0 {
+            continue;
+        }
+        diesel::update(pending_counts::table.find(source_id))
+            .set(pending_counts::pending.eq(pending_counts::pending + delta))
+            .execute(connection)?;
+    }
     Ok(())
 }

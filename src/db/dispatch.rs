@@ -5,10 +5,7 @@
 use diesel::prelude::*;
 use rand::Rng;
 
-use super::{
-    DbConnection, counts, operators,
-    schema::{contacts, source_operators},
-};
+use super::{DbConnection, counts, operators, schema::contacts};
 use crate::{
     Result,
     domain::{ContactStatus, Timestamp},
@@ -17,31 +14,16 @@ use crate::{
 /// Pending contacts are read in batches of this many, oldest first.
 const BATCH: i64 = 64;
 
-/// Which pending contacts the new capacity can serve.
-#[derive(Debug, Clone, Copy)]
-pub enum Scope {
-    /// An operator gained room: the sources whose weight table lists it.
-    OperatorSources(i64),
-    /// A source's weight table changed.
-    Source(i64),
-}
-
-/// Assigns pending contacts, oldest first across the sources in scope, each by
-/// the weighted draw, until none of those sources has a candidate left.
-/// Returns how many were assigned.
+/// Assigns the pending contacts of `sources` (those the new capacity can
+/// serve), oldest first across all of them, each by the weighted draw, until
+/// none of those sources has a candidate left. The caller holds the sources'
+/// locks. Returns how many were assigned.
 pub fn pending<R: Rng + ?Sized>(
     connection: &mut DbConnection,
-    scope: Scope,
+    sources: &[i64],
     rng: &mut R,
 ) -> Result<usize> {
-    let mut open_sources: Vec<i64> = match scope {
-        Scope::OperatorSources(operator_id) => source_operators::table
-            .filter(source_operators::operator_id.eq(operator_id))
-            .order(source_operators::source_id)
-            .select(source_operators::source_id)
-            .load(connection)?,
-        Scope::Source(source_id) => vec![source_id],
-    };
+    let mut open_sources = sources.to_vec();
     let mut after = 0;
     let mut assigned = 0;
     while !open_sources.is_empty() {
@@ -66,8 +48,8 @@ pub fn pending<R: Rng + ?Sized>(
                 None => open_sources.retain(|open| *open != source_id),
                 Some(operator_id) => {
                     if assign(connection, contact_id, operator_id)? {
-                        counts::assigned(connection, operator_id, source_id)?;
-                        counts::pending(connection, source_id, -1)?;
+                        counts::assigned(operator_id, source_id);
+                        counts::pending(source_id, -1);
                         assigned += 1;
                     } else {
                         // Closed or assigned by a concurrent transaction meanwhile.

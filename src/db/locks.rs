@@ -1,64 +1,106 @@
-//! Row locks that order concurrent PostgreSQL transactions where a guarded
-//! update alone would not. SQLite needs none: its write transactions are
+//! Row locks for PostgreSQL, where transactions of several writer threads and
+//! replicas run at once. SQLite needs none: its write transactions are
 //! serialized (`BEGIN IMMEDIATE`).
+//!
+//! Every transaction that changes a source's contacts first takes, in this
+//! order: the sources' rows (KEY SHARE, by id), then every operator in their
+//! weight tables (FOR UPDATE, by id); only then contacts and leads it has not
+//! inserted itself, and counters last. One order for everyone means two
+//! transactions cannot wait for each other in a cycle (across the units of a
+//! batch the order can break; the database then aborts one, which is retried).
+//!
+//! Holding a source's operators also makes the candidate list read next
+//! exact: a close, activation or new limit on any of them either committed
+//! before (and is seen) or waits for this commit (and then sees what this
+//! transaction wrote, such as a new pending contact).
 
 use diesel::prelude::*;
 
 use super::{
     DbConnection,
     schema::{operators, source_operators, sources},
+    tx_state,
 };
+use crate::Result;
 
-/// Held by a registration about to leave its contact PENDING, so that a
-/// concurrent change of the source's weight table (which takes
-/// [`lock_source_table`]) either happens first and is seen, or waits and then
-/// sees the pending contact in its dispatch.
-pub fn share_source(connection: &mut DbConnection, source_id: i64) -> QueryResult<()> {
-    if let DbConnection::Postgres(pg) = connection {
-        sources::table
-            .find(source_id)
-            .select(sources::id)
-            .for_key_share()
-            .load::<i64>(pg)?;
+/// Locks the sources and all their operators, unless this transaction already holds them.
+pub fn sources(connection: &mut DbConnection, source_ids: &[i64]) -> Result<()> {
+    let DbConnection::Postgres(pg) = connection else {
+        return Ok(());
+    };
+    let mut wanted = tx_state::unlocked_sources(source_ids);
+    if wanted.is_empty() {
+        return Ok(());
     }
+    wanted.sort_unstable();
+    wanted.dedup();
+    sources::table
+        .filter(sources::id.eq_any(&wanted))
+        .order(sources::id)
+        .select(sources::id)
+        .for_key_share()
+        .load::<i64>(pg)?;
+    operators::table
+        .filter(
+            operators::id.eq_any(
+                source_operators::table
+                    .filter(source_operators::source_id.eq_any(&wanted))
+                    .select(source_operators::operator_id),
+            ),
+        )
+        .order(operators::id)
+        .select(operators::id)
+        .for_update()
+        .load::<i64>(pg)?;
+    tx_state::sources_locked(&wanted);
     Ok(())
 }
 
-/// Taken before a source's weight table is replaced; conflicts with
-/// [`share_source`] and with the key-share lock of every contact insert.
-pub fn lock_source_table(connection: &mut DbConnection, source_id: i64) -> QueryResult<bool> {
-    match connection {
-        DbConnection::Postgres(pg) => Ok(!sources::table
-            .find(source_id)
-            .select(sources::id)
-            .for_update()
-            .load::<i64>(pg)?
-            .is_empty()),
-        DbConnection::Sqlite(_) => Ok(diesel::select(diesel::dsl::exists(
-            sources::table.find(source_id),
-        ))
-        .get_result(connection)?),
-    }
-}
-
-/// Locks every operator in the source's weight table, in id order (one order
-/// for everyone, so two such lockers never deadlock). A capacity event on any
-/// of them (close, activation, new limit) either commits first and is seen by
-/// the next read, or waits and then sees what this transaction wrote.
-pub fn source_operators(connection: &mut DbConnection, source_id: i64) -> QueryResult<()> {
+/// Locks what a change of the operator's capacity needs: every source it
+/// serves (plus `also`, a source it may have left) with their operators, and
+/// the operator itself. Returns the sources it serves, by id.
+pub fn operator_sources(
+    connection: &mut DbConnection,
+    operator_id: i64,
+    also: Option<i64>,
+) -> Result<Vec<i64>> {
+    let served: Vec<i64> = source_operators::table
+        .filter(source_operators::operator_id.eq(operator_id))
+        .order(source_operators::source_id)
+        .select(source_operators::source_id)
+        .load(connection)?;
+    let mut wanted = served.clone();
+    wanted.extend(also);
+    sources(connection, &wanted)?;
     if let DbConnection::Postgres(pg) = connection {
+        // Already held when it serves a source; this covers one that serves none.
         operators::table
-            .filter(
-                operators::id.eq_any(
-                    source_operators::table
-                        .filter(source_operators::source_id.eq(source_id))
-                        .select(source_operators::operator_id),
-                ),
-            )
-            .order(operators::id)
+            .find(operator_id)
             .select(operators::id)
             .for_update()
             .load::<i64>(pg)?;
     }
-    Ok(())
+    Ok(served)
+}
+
+/// Taken before a source's weight table is replaced: conflicts with the
+/// KEY SHARE lock of [`sources`] (and of every contact insert), so the change
+/// waits for those transactions and they wait for it. Returns whether the
+/// source exists.
+pub fn source_table(connection: &mut DbConnection, source_id: i64) -> Result<bool> {
+    let found = match connection {
+        DbConnection::Postgres(pg) => !sources::table
+            .find(source_id)
+            .select(sources::id)
+            .for_update()
+            .load::<i64>(pg)?
+            .is_empty(),
+        DbConnection::Sqlite(_) => {
+            diesel::select(diesel::dsl::exists(sources::table.find(source_id)))
+                .get_result(connection)?
+        }
+    };
+    // Its operators change: lock the new ones when they are next needed.
+    tx_state::forget_source(source_id);
+    Ok(found)
 }

@@ -12,7 +12,8 @@ mod schema;
 pub mod sources;
 pub mod stats;
 mod transaction;
+mod tx_state;
+mod writer;
 
 pub use connection::{Backend, Database, DatabaseUrl, DbConnection, StartupError};
-pub(crate) use transaction::should_retry;
-pub use transaction::write_transaction;
+pub use writer::{OnUniqueViolation, Writer};

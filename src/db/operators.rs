@@ -2,7 +2,7 @@ use diesel::prelude::*;
 use rand::Rng;
 
 use super::{
-    DbConnection, dispatch,
+    DbConnection, dispatch, locks,
     models::{NewOperatorRow, OperatorRow},
     schema::{operators, source_operators},
 };
@@ -77,6 +77,11 @@ pub fn update<R: Rng + ?Sized>(
     changes: &OperatorChanges,
     rng: &mut R,
 ) -> Result<Operator> {
+    let served = if changes.may_add_capacity() {
+        locks::operator_sources(connection, id, None)?
+    } else {
+        Vec::new()
+    };
     let changeset = OperatorChangeset {
         name: changes.name().map(|name| name.as_str()),
         is_active: changes.is_active(),
@@ -88,9 +93,7 @@ pub fn update<R: Rng + ?Sized>(
     if updated == 0 {
         return Err(Error::not_found(format_args!("operator {id}")));
     }
-    if changes.may_add_capacity() {
-        dispatch::pending(connection, dispatch::Scope::OperatorSources(id), rng)?;
-    }
+    dispatch::pending(connection, &served, rng)?;
     get(connection, id)
 }
 

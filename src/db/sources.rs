@@ -97,7 +97,7 @@ pub fn set_operators<R: Rng + ?Sized>(
     table: &WeightTable,
     rng: &mut R,
 ) -> Result<WeightTable> {
-    if !locks::lock_source_table(connection, source_id)? {
+    if !locks::source_table(connection, source_id)? {
         return Err(Error::not_found(format_args!("source {source_id}")));
     }
     let wanted: Vec<i64> = table.entries().iter().map(|e| e.operator_id).collect();
@@ -120,7 +120,8 @@ pub fn set_operators<R: Rng + ?Sized>(
             .execute(connection)?;
         counts::add_pair(connection, entry.operator_id, source_id)?;
     }
-    dispatch::pending(connection, dispatch::Scope::Source(source_id), rng)?;
+    locks::sources(connection, &[source_id])?;
+    dispatch::pending(connection, &[source_id], rng)?;
     weights(connection, source_id)
 }
 
