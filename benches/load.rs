@@ -221,7 +221,16 @@ impl Server {
             .expect("a free port")
             .port();
         let address = format!("127.0.0.1:{port}");
-        let child = Command::new(env!("CARGO_BIN_EXE_minicrm"))
+        // For profiling: MINICRM_BENCH_WRAPPER="valgrind --tool=callgrind" runs
+        // the server under that command (figures are then meaningless).
+        let wrapper = std::env::var("MINICRM_BENCH_WRAPPER").unwrap_or_default();
+        let mut words = wrapper
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        words.push(env!("CARGO_BIN_EXE_minicrm").to_owned());
+        let child = Command::new(&words[0])
+            .args(&words[1..])
             .args(["--listen", &address, "--database-url", &db.url()])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -297,7 +306,7 @@ struct Fixture {
 }
 
 async fn wait_until_serving(address: &str) {
-    for _ in 0..300 {
+    for _ in 0..1200 {
         if let Ok(channel) = Channel::from_shared(format!("http://{address}"))
             .unwrap()
             .connect()

@@ -1,3 +1,4 @@
+use super::run::RunOn;
 use diesel::prelude::*;
 use rand::Rng;
 
@@ -47,7 +48,7 @@ pub fn register<R: Rng + ?Sized>(
             lead_created,
         })
         .returning(contacts::all_columns)
-        .get_result(connection)?;
+        .get_result_on(connection)?;
     match operator_id {
         Some(operator_id) => counts::assigned(operator_id, source_id),
         None => counts::pending(source_id, 1),
@@ -76,10 +77,10 @@ pub fn find_registration(
     connection: &mut DbConnection,
     request_id: &RequestId,
 ) -> Result<Option<Registration>> {
-    let row = contacts::table
+    let row: Option<ContactRow> = contacts::table
         .filter(contacts::request_id.eq(request_id.as_str()))
-        .select(ContactRow::as_select())
-        .first(connection)
+        .select(contacts::all_columns)
+        .first_on(connection)
         .optional()?;
     let Some(row) = row else {
         return Ok(None);
@@ -102,8 +103,8 @@ pub fn get(connection: &mut DbConnection, id: i64) -> Result<Contact> {
 fn row(connection: &mut DbConnection, id: i64) -> Result<Option<ContactRow>> {
     Ok(contacts::table
         .find(id)
-        .select(ContactRow::as_select())
-        .first(connection)
+        .select(contacts::all_columns)
+        .first_on(connection)
         .optional()?)
 }
 
@@ -137,7 +138,7 @@ pub fn list(
         .filter(contacts::id.gt(page.after()))
         .order(contacts::id)
         .limit(page.size() + 1)
-        .select(ContactRow::as_select())
+        .select(contacts::all_columns)
         .into_boxed();
     if let Some(id) = *operator_id {
         query = query.filter(contacts::operator_id.eq(id));
@@ -152,7 +153,7 @@ pub fn list(
         query = query.filter(contacts::status.eq(status.code()));
     }
     let rows: Vec<Contact> = query
-        .load(connection)?
+        .load::<ContactRow>(connection)?
         .into_iter()
         .map(Contact::from)
         .collect();
@@ -196,7 +197,7 @@ pub fn close<R: Rng + ?Sized>(
             contacts::status.eq(ContactStatus::Closed.code()),
             contacts::closed_at.eq(Some(Timestamp::now().as_micros())),
         ))
-        .execute(connection)?;
+        .execute_on(connection)?;
         if closed == 0 {
             continue;
         }

@@ -2,6 +2,7 @@
 //! transaction and written just before it commits: one statement per row
 //! touched, and counter rows are always the last rows a transaction locks.
 
+use super::run::RunOn;
 use diesel::prelude::*;
 
 use super::{
@@ -18,7 +19,7 @@ pub fn add_source(connection: &mut DbConnection, source_id: i64) -> Result<()> {
             pending_counts::source_id.eq(source_id),
             pending_counts::pending.eq(0),
         ))
-        .execute(connection)?;
+        .execute_on(connection)?;
     Ok(())
 }
 
@@ -28,14 +29,14 @@ pub fn add_pair(connection: &mut DbConnection, operator_id: i64, source_id: i64)
     let exists: bool = diesel::select(diesel::dsl::exists(
         contact_counts::table.find((operator_id, source_id)),
     ))
-    .get_result(connection)?;
+    .get_result_on(connection)?;
     if !exists {
         diesel::insert_into(contact_counts::table)
             .values((
                 contact_counts::operator_id.eq(operator_id),
                 contact_counts::source_id.eq(source_id),
             ))
-            .execute(connection)?;
+            .execute_on(connection)?;
     }
     Ok(())
 }
@@ -84,7 +85,7 @@ pub fn flush(connection: &mut DbConnection) -> Result<()> {
                 contact_counts::closed.eq(contact_counts::closed + delta.closed),
                 contact_counts::total.eq(contact_counts::total + delta.total),
             ))
-            .execute(connection)?;
+            .execute_on(connection)?;
     }
     for (source_id, delta) in deltas.pending {
         if delta == 0 {
@@ -92,7 +93,7 @@ pub fn flush(connection: &mut DbConnection) -> Result<()> {
         }
         diesel::update(pending_counts::table.find(source_id))
             .set(pending_counts::pending.eq(pending_counts::pending + delta))
-            .execute(connection)?;
+            .execute_on(connection)?;
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! serve, inside the transaction that made the capacity, so that the capacity
 //! is used up before that call answers.
 
+use super::run::RunOn;
 use diesel::prelude::*;
 use rand::Rng;
 
@@ -10,6 +11,9 @@ use crate::{
     Result,
     domain::{ContactStatus, Timestamp},
 };
+
+/// Matches the predicate of the `contacts_pending` partial index.
+const PENDING_PREDICATE: &str = "contacts.status = 2";
 
 /// Pending contacts are read in batches of this many, oldest first.
 const BATCH: i64 = 64;
@@ -28,13 +32,17 @@ pub fn pending<R: Rng + ?Sized>(
     let mut assigned = 0;
     while !open_sources.is_empty() {
         let batch: Vec<(i64, i64)> = contacts::table
-            .filter(contacts::status.eq(ContactStatus::Pending.code()))
+            // A literal, not a bound value: that is what lets SQLite's planner
+            // (with stable plans) pick the partial index of pending contacts.
+            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                PENDING_PREDICATE,
+            ))
             .filter(contacts::source_id.eq_any(&open_sources))
             .filter(contacts::id.gt(after))
             .order(contacts::id)
             .limit(BATCH)
             .select((contacts::id, contacts::source_id))
-            .load(connection)?;
+            .load_on(connection)?;
         if batch.is_empty() {
             break;
         }
@@ -74,6 +82,6 @@ fn assign(connection: &mut DbConnection, contact_id: i64, operator_id: i64) -> R
         contacts::operator_id.eq(Some(operator_id)),
         contacts::assigned_at.eq(Some(Timestamp::now().as_micros())),
     ))
-    .execute(connection)?;
+    .execute_on(connection)?;
     Ok(updated == 1)
 }

@@ -1,3 +1,4 @@
+use super::run::RunOn;
 use diesel::prelude::*;
 
 use super::{
@@ -41,7 +42,7 @@ pub fn find_or_create(
                     created_at: Timestamp::now().as_micros(),
                 })
                 .returning(leads::all_columns)
-                .get_result(connection)?;
+                .get_result_on(connection)?;
             Ok((row.into(), true))
         }
     }
@@ -75,13 +76,13 @@ impl<'a> Identifier<'a> {
 
 /// The lead holding the identifier, if any.
 fn holder(connection: &mut DbConnection, identifier: Identifier) -> Result<Option<LeadRow>> {
-    let query = leads::table.select(LeadRow::as_select());
+    let query = leads::table.select(leads::all_columns);
     let row = match identifier {
-        Identifier::ExternalId(value) => {
-            query.filter(leads::external_id.eq(value)).first(connection)
-        }
-        Identifier::Phone(value) => query.filter(leads::phone.eq(value)).first(connection),
-        Identifier::Email(value) => query.filter(leads::email.eq(value)).first(connection),
+        Identifier::ExternalId(value) => query
+            .filter(leads::external_id.eq(value))
+            .first_on(connection),
+        Identifier::Phone(value) => query.filter(leads::phone.eq(value)).first_on(connection),
+        Identifier::Email(value) => query.filter(leads::email.eq(value)).first_on(connection),
     };
     Ok(row.optional()?)
 }
@@ -105,14 +106,14 @@ fn fill_in(
             Identifier::ExternalId(value) => {
                 diesel::update(target.filter(leads::external_id.is_null()))
                     .set(leads::external_id.eq(value))
-                    .execute(connection)?
+                    .execute_on(connection)?
             }
             Identifier::Phone(value) => diesel::update(target.filter(leads::phone.is_null()))
                 .set(leads::phone.eq(value))
-                .execute(connection)?,
+                .execute_on(connection)?,
             Identifier::Email(value) => diesel::update(target.filter(leads::email.is_null()))
                 .set(leads::email.eq(value))
-                .execute(connection)?,
+                .execute_on(connection)?,
         };
         changed = true;
     }
@@ -120,7 +121,7 @@ fn fill_in(
     if lead.name.is_empty() && !name.is_empty() {
         diesel::update(leads::table.find(lead.id).filter(leads::name.eq("")))
             .set(leads::name.eq(name))
-            .execute(connection)?;
+            .execute_on(connection)?;
         changed = true;
     }
     if changed {
@@ -133,15 +134,15 @@ fn fill_in(
 pub fn get(connection: &mut DbConnection, id: i64) -> Result<Lead> {
     leads::table
         .find(id)
-        .select(LeadRow::as_select())
-        .first(connection)
+        .select(leads::all_columns)
+        .first_on::<LeadRow>(connection)
         .optional()?
         .map(Lead::from)
         .ok_or_else(|| Error::not_found(format_args!("lead {id}")))
 }
 
 pub fn exists(connection: &mut DbConnection, id: i64) -> Result<bool> {
-    Ok(diesel::select(diesel::dsl::exists(leads::table.find(id))).get_result(connection)?)
+    Ok(diesel::select(diesel::dsl::exists(leads::table.find(id))).get_result_on(connection)?)
 }
 
 pub fn list(connection: &mut DbConnection, page: PageRequest) -> Result<Page<Lead>> {
@@ -149,8 +150,8 @@ pub fn list(connection: &mut DbConnection, page: PageRequest) -> Result<Page<Lea
         .filter(leads::id.gt(page.after()))
         .order(leads::id)
         .limit(page.size() + 1)
-        .select(LeadRow::as_select())
-        .load(connection)?
+        .select(leads::all_columns)
+        .load_on::<LeadRow>(connection)?
         .into_iter()
         .map(Lead::from)
         .collect();

@@ -8,6 +8,7 @@ pub mod leads;
 mod locks;
 mod models;
 pub mod operators;
+mod run;
 mod schema;
 pub mod sources;
 pub mod stats;

@@ -1,3 +1,4 @@
+use super::run::RunOn;
 use diesel::prelude::*;
 use rand::Rng;
 
@@ -22,22 +23,22 @@ pub fn create(connection: &mut DbConnection, new: &NewOperator) -> Result<Operat
             created_at: Timestamp::now().as_micros(),
         })
         .returning(operators::all_columns)
-        .get_result(connection)?;
+        .get_result_on(connection)?;
     Ok(row.into())
 }
 
 pub fn get(connection: &mut DbConnection, id: i64) -> Result<Operator> {
     operators::table
         .find(id)
-        .select(OperatorRow::as_select())
-        .first(connection)
+        .select(operators::all_columns)
+        .first_on::<OperatorRow>(connection)
         .optional()?
         .map(Operator::from)
         .ok_or_else(|| Error::not_found(format_args!("operator {id}")))
 }
 
 pub fn exists(connection: &mut DbConnection, id: i64) -> Result<bool> {
-    Ok(diesel::select(diesel::dsl::exists(operators::table.find(id))).get_result(connection)?)
+    Ok(diesel::select(diesel::dsl::exists(operators::table.find(id))).get_result_on(connection)?)
 }
 
 pub fn list(
@@ -49,13 +50,13 @@ pub fn list(
         .filter(operators::id.gt(page.after()))
         .order(operators::id)
         .limit(page.size() + 1)
-        .select(OperatorRow::as_select())
+        .select(operators::all_columns)
         .into_boxed();
     if let Some(is_active) = is_active {
         query = query.filter(operators::is_active.eq(is_active));
     }
     let rows: Vec<Operator> = query
-        .load(connection)?
+        .load::<OperatorRow>(connection)?
         .into_iter()
         .map(Operator::from)
         .collect();
@@ -89,7 +90,7 @@ pub fn update<R: Rng + ?Sized>(
     };
     let updated = diesel::update(operators::table.find(id))
         .set(&changeset)
-        .execute(connection)?;
+        .execute_on(connection)?;
     if updated == 0 {
         return Err(Error::not_found(format_args!("operator {id}")));
     }
@@ -106,7 +107,7 @@ pub fn candidates(connection: &mut DbConnection, source_id: i64) -> Result<Vec<C
         .filter(operators::active_load.lt(operators::max_load))
         .order(operators::id)
         .select((operators::id, source_operators::weight))
-        .load(connection)?;
+        .load_on(connection)?;
     Ok(rows
         .into_iter()
         .map(|(operator_id, weight)| Candidate {
@@ -129,7 +130,7 @@ pub fn take_slot(connection: &mut DbConnection, operator_id: i64) -> Result<bool
             .filter(operators::active_load.lt(operators::max_load)),
     )
     .set(operators::active_load.eq(operators::active_load + 1))
-    .execute(connection)?;
+    .execute_on(connection)?;
     Ok(taken == 1)
 }
 
@@ -137,7 +138,7 @@ pub fn take_slot(connection: &mut DbConnection, operator_id: i64) -> Result<bool
 pub fn release_slot(connection: &mut DbConnection, operator_id: i64) -> Result<()> {
     diesel::update(operators::table.find(operator_id))
         .set(operators::active_load.eq(operators::active_load - 1))
-        .execute(connection)?;
+        .execute_on(connection)?;
     Ok(())
 }
 

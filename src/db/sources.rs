@@ -1,3 +1,4 @@
+use super::run::RunOn;
 use diesel::{prelude::*, result::DatabaseErrorKind};
 use rand::Rng;
 
@@ -19,7 +20,7 @@ pub fn create(connection: &mut DbConnection, new: &NewSource) -> Result<Source> 
             created_at: Timestamp::now().as_micros(),
         })
         .returning(sources::all_columns)
-        .get_result::<SourceRow>(connection);
+        .get_result_on::<SourceRow>(connection);
     match inserted {
         Ok(row) => {
             counts::add_source(connection, row.id)?;
@@ -36,12 +37,15 @@ pub fn create(connection: &mut DbConnection, new: &NewSource) -> Result<Source> 
 }
 
 pub fn get(connection: &mut DbConnection, key: &SourceKey) -> Result<Source> {
-    let query = sources::table.select(SourceRow::as_select());
+    let query = sources::table.select(sources::all_columns);
     let row = match key {
-        SourceKey::Id(id) => query.find(*id).first(connection).optional()?,
+        SourceKey::Id(id) => query
+            .find(*id)
+            .first_on::<SourceRow>(connection)
+            .optional()?,
         SourceKey::BotId(bot_id) => query
             .filter(sources::bot_id.eq(bot_id.as_str()))
-            .first(connection)
+            .first_on(connection)
             .optional()?,
     };
     row.map(Source::from)
@@ -54,12 +58,12 @@ pub fn resolve(connection: &mut DbConnection, key: &SourceKey) -> Result<i64> {
         SourceKey::Id(id) => sources::table
             .find(*id)
             .select(sources::id)
-            .first(connection)
+            .first_on(connection)
             .optional()?,
         SourceKey::BotId(bot_id) => sources::table
             .filter(sources::bot_id.eq(bot_id.as_str()))
             .select(sources::id)
-            .first(connection)
+            .first_on(connection)
             .optional()?,
     };
     id.ok_or_else(|| Error::not_found(describe(key)))
@@ -73,7 +77,7 @@ fn describe(key: &SourceKey) -> String {
 }
 
 pub fn exists(connection: &mut DbConnection, id: i64) -> Result<bool> {
-    Ok(diesel::select(diesel::dsl::exists(sources::table.find(id))).get_result(connection)?)
+    Ok(diesel::select(diesel::dsl::exists(sources::table.find(id))).get_result_on(connection)?)
 }
 
 pub fn list(connection: &mut DbConnection, page: PageRequest) -> Result<Page<Source>> {
@@ -81,8 +85,8 @@ pub fn list(connection: &mut DbConnection, page: PageRequest) -> Result<Page<Sou
         .filter(sources::id.gt(page.after()))
         .order(sources::id)
         .limit(page.size() + 1)
-        .select(SourceRow::as_select())
-        .load(connection)?
+        .select(sources::all_columns)
+        .load_on::<SourceRow>(connection)?
         .into_iter()
         .map(Source::from)
         .collect();
@@ -104,12 +108,12 @@ pub fn set_operators<R: Rng + ?Sized>(
     let known: Vec<i64> = operators::table
         .filter(operators::id.eq_any(&wanted))
         .select(operators::id)
-        .load(connection)?;
+        .load_on(connection)?;
     if let Some(missing) = wanted.iter().find(|id| !known.contains(id)) {
         return Err(Error::not_found(format_args!("operator {missing}")));
     }
     diesel::delete(source_operators::table.filter(source_operators::source_id.eq(source_id)))
-        .execute(connection)?;
+        .execute_on(connection)?;
     for entry in table.entries() {
         diesel::insert_into(source_operators::table)
             .values(WeightRow {
@@ -117,7 +121,7 @@ pub fn set_operators<R: Rng + ?Sized>(
                 operator_id: entry.operator_id,
                 weight: entry.weight.get(),
             })
-            .execute(connection)?;
+            .execute_on(connection)?;
         counts::add_pair(connection, entry.operator_id, source_id)?;
     }
     locks::sources(connection, &[source_id])?;
@@ -138,7 +142,7 @@ fn weights(connection: &mut DbConnection, source_id: i64) -> Result<WeightTable>
         .filter(source_operators::source_id.eq(source_id))
         .order(source_operators::operator_id)
         .select((source_operators::operator_id, source_operators::weight))
-        .load(connection)?;
+        .load_on(connection)?;
     // Stored rows satisfy the schema's CHECKs, so this re-parse cannot fail.
     WeightTable::parse("operators", rows)
 }
