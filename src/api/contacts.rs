@@ -1,6 +1,6 @@
 use tonic::{Request, Response, Status};
 
-use super::{observe, timestamp};
+use super::{observe, timestamp, unknown_id_first};
 use crate::{
     Error, Result,
     domain::{
@@ -31,20 +31,22 @@ impl ContactService for ContactApi {
         observe("RegisterContact", async {
             let request = request.into_inner();
             let request_id = RequestId::parse("request_id", &request.request_id)?;
-            let registration = match NewContact::try_from(request) {
-                Ok(new) => self.repository.register_contact(new).await?,
-                // A retry gets the first call's result whatever the rest of it
-                // says; without a first call, the request is simply invalid.
-                Err(invalid) => match request_id {
-                    Some(request_id) => self
-                        .repository
-                        .find_registration(request_id)
-                        .await?
-                        .ok_or(invalid)?,
-                    None => return Err(invalid),
-                },
+            let source = source_key(request.source.clone());
+            let invalid = match NewContact::try_from(request) {
+                Ok(new) => return Ok(self.repository.register_contact(new).await?.into()),
+                Err(invalid) => invalid,
             };
-            Ok(registration.into())
+            // A retry gets the first call's result whatever the rest of it says.
+            if let Some(request_id) = request_id
+                && let Some(earlier) = self.repository.find_registration(request_id).await?
+            {
+                return Ok(earlier.into());
+            }
+            // The source is resolved before the lead is validated.
+            match source {
+                Ok(key) => Err(unknown_id_first(invalid, self.repository.get_source(key)).await),
+                Err(_) => Err(invalid),
+            }
         })
         .await
     }
@@ -151,13 +153,7 @@ impl TryFrom<pb::RegisterContactRequest> for NewContact {
             lead,
             request_id,
         } = request;
-        let source = match source {
-            Some(pb::register_contact_request::Source::SourceId(id)) => SourceKey::Id(id),
-            Some(pb::register_contact_request::Source::BotId(bot_id)) => {
-                SourceKey::BotId(BotId::parse("bot_id", &bot_id)?)
-            }
-            None => return Err(Error::invalid("source", "set either source_id or bot_id")),
-        };
+        let source = source_key(source)?;
         let pb::LeadIdentity {
             external_id,
             phone,
@@ -176,6 +172,16 @@ impl TryFrom<pb::RegisterContactRequest> for NewContact {
             lead,
             request_id: RequestId::parse("request_id", &request_id)?,
         })
+    }
+}
+
+fn source_key(source: Option<pb::register_contact_request::Source>) -> Result<SourceKey> {
+    match source {
+        Some(pb::register_contact_request::Source::SourceId(id)) => Ok(SourceKey::Id(id)),
+        Some(pb::register_contact_request::Source::BotId(bot_id)) => {
+            Ok(SourceKey::BotId(BotId::parse("bot_id", &bot_id)?))
+        }
+        None => Err(Error::invalid("source", "set either source_id or bot_id")),
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Instant;
 use tonic::{Code, Response, Status};
 use tracing::Instrument;
 
-use crate::{Result, domain::Timestamp};
+use crate::{Error, Result, domain::Timestamp};
 
 /// Runs one call inside its own span and logs one line for it: method, status
 /// code and latency.
@@ -30,6 +30,19 @@ pub(crate) async fn observe<T>(
     }
     .instrument(span)
     .await
+}
+
+/// The error for a request that is invalid: NOT_FOUND instead when the id it
+/// names does not exist ("any call that names an id that does not exist
+/// answers NOT_FOUND"), which `lookup` finds out.
+pub(crate) async fn unknown_id_first<T>(
+    invalid: Error,
+    lookup: impl Future<Output = Result<T>>,
+) -> Error {
+    match lookup.await {
+        Err(missing @ Error::NotFound(_)) => missing,
+        _ => invalid,
+    }
 }
 
 pub(crate) fn timestamp(time: Timestamp) -> prost_types::Timestamp {

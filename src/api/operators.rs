@@ -1,6 +1,6 @@
 use tonic::{Request, Response, Status};
 
-use super::{observe, timestamp};
+use super::{observe, timestamp, unknown_id_first};
 use crate::{
     Result,
     domain::{MaxLoad, NewOperator, Operator, OperatorChanges, OperatorName, PageRequest},
@@ -67,7 +67,14 @@ impl OperatorService for OperatorApi {
         request: Request<pb::UpdateOperatorRequest>,
     ) -> Result<Response<pb::Operator>, Status> {
         observe("UpdateOperator", async {
-            let (id, changes) = parse_update(request.into_inner())?;
+            let request = request.into_inner();
+            let id = request.id;
+            let (id, changes) = match parse_update(request) {
+                Ok(update) => update,
+                Err(invalid) => {
+                    return Err(unknown_id_first(invalid, self.repository.get_operator(id)).await);
+                }
+            };
             Ok(self.repository.update_operator(id, changes).await?.into())
         })
         .await

@@ -1,6 +1,6 @@
 use tonic::{Request, Response, Status};
 
-use super::{observe, timestamp};
+use super::{observe, timestamp, unknown_id_first};
 use crate::{
     Error, Result,
     domain::{BotId, NewSource, PageRequest, Source, SourceKey, SourceName, WeightTable},
@@ -77,7 +77,7 @@ impl SourceService for SourceApi {
                 source_id,
                 operators,
             } = request.into_inner();
-            let table = WeightTable::parse(
+            let parsed = WeightTable::parse(
                 "operators",
                 operators.into_iter().map(|entry| {
                     let pb::OperatorWeight {
@@ -86,7 +86,14 @@ impl SourceService for SourceApi {
                     } = entry;
                     (operator_id, weight)
                 }),
-            )?;
+            );
+            let table = match parsed {
+                Ok(table) => table,
+                Err(invalid) => {
+                    let lookup = self.repository.list_source_operators(source_id);
+                    return Err(unknown_id_first(invalid, lookup).await);
+                }
+            };
             let table = self
                 .repository
                 .set_source_operators(source_id, table)

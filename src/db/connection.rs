@@ -1,4 +1,7 @@
-use std::time::Duration;
+use std::{
+    sync::{Arc, mpsc},
+    time::Duration,
+};
 
 use diesel::{
     Connection, PgConnection, RunQueryDsl, SqliteConnection,
@@ -69,7 +72,9 @@ pub enum StartupError {
     #[error("{0}")]
     Config(String),
     #[error("cannot open the database: {0}")]
-    Connect(#[from] r2d2::Error),
+    Pool(#[from] r2d2::Error),
+    #[error("cannot open the database: {0}")]
+    Connect(String),
     #[error("cannot migrate the database: {0}")]
     Migrate(String),
     #[error("cannot listen: {0}")]
@@ -116,9 +121,12 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SessionSettings 
             // busy_timeout first: switching to WAL itself needs the lock that
             // concurrent openers contend for. synchronous=NORMAL in WAL mode
             // survives a process crash; only power loss can drop the last commits.
+            // wal_autocheckpoint = 0: the checkpointer thread does it, so a
+            // checkpoint's fsyncs never stall the writer thread mid-batch.
             DbConnection::Sqlite(_) => {
                 "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;"
+                 PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
+                 PRAGMA wal_autocheckpoint = 0;"
             }
             DbConnection::Postgres(_) => "SET lock_timeout = '10s'",
         };
@@ -138,6 +146,8 @@ pub struct Database {
     backend: Backend,
     read: Pool,
     write: Pool,
+    /// SQLite only; stops when the last clone of the database is dropped.
+    _checkpointer: Option<Arc<Checkpointer>>,
 }
 
 impl Database {
@@ -155,21 +165,27 @@ impl Database {
                 .connection_customizer(Box::new(SessionSettings))
                 .build(Manager { url: url.clone() })
         };
-        let (read, write) = match backend {
-            Backend::Postgres => {
+        let (read, write, checkpointer) = match url {
+            DatabaseUrl::Postgres(_) => {
                 let shared = pool(POSTGRES_POOL_SIZE)?;
-                (shared.clone(), shared)
+                (shared.clone(), shared, None)
             }
-            Backend::Sqlite => {
+            DatabaseUrl::Sqlite(path) => {
                 // The writer opens first so that it creates the file and turns WAL on.
                 let write = pool(1)?;
-                (pool(SQLITE_READ_POOL_SIZE)?, write)
+                let checkpointer = Checkpointer::start(path)?;
+                (
+                    pool(SQLITE_READ_POOL_SIZE)?,
+                    write,
+                    Some(Arc::new(checkpointer)),
+                )
             }
         };
         let database = Self {
             backend,
             read,
             write,
+            _checkpointer: checkpointer,
         };
         database.migrate()?;
         Ok(database)
@@ -208,6 +224,38 @@ impl Database {
             }
         }
         Ok(())
+    }
+}
+
+/// Copies committed pages from the SQLite WAL into the database file in the
+/// background (PASSIVE: it never blocks the writer or readers).
+struct Checkpointer {
+    _stop: mpsc::Sender<()>,
+}
+
+impl Checkpointer {
+    const INTERVAL: Duration = Duration::from_millis(200);
+
+    fn start(path: &str) -> Result<Self, StartupError> {
+        let mut connection = SqliteConnection::establish(path)
+            .map_err(|error| StartupError::Connect(error.to_string()))?;
+        connection
+            .batch_execute("PRAGMA busy_timeout = 10000")
+            .map_err(|error| StartupError::Connect(error.to_string()))?;
+        let (stop, stopped) = mpsc::channel::<()>();
+        std::thread::Builder::new()
+            .name("minicrm-checkpoint".into())
+            .spawn(move || {
+                // Dropping the sender (the last Database clone) ends the loop.
+                while let Err(mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(Self::INTERVAL)
+                {
+                    if let Err(error) = connection.batch_execute("PRAGMA wal_checkpoint(PASSIVE)") {
+                        tracing::warn!(%error, "WAL checkpoint failed");
+                    }
+                }
+            })?;
+        Ok(Self { _stop: stop })
     }
 }
 

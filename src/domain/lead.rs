@@ -69,6 +69,8 @@ impl Email {
             return Ok(None);
         }
         let value = value.to_lowercase();
+        // Lower-casing can lengthen a string ('İ' becomes two characters).
+        text::check_length(field, &value)?;
         let well_formed = match value.split_once('@') {
             Some((local, domain)) => {
                 !local.is_empty()
@@ -196,10 +198,15 @@ mod tests {
     }
 
     #[test]
-    fn over_255_characters_is_rejected_before_trimming() {
+    fn over_255_characters_after_trimming_is_rejected() {
         assert!(ExternalId::parse("lead.external_id", &"x".repeat(256)).is_err());
         assert!(ExternalId::parse("lead.external_id", &"x".repeat(255)).is_ok());
+        let padded = format!("  {}  ", "x".repeat(255));
+        assert!(ExternalId::parse("lead.external_id", &padded).is_ok());
         assert!(LeadName::parse("lead.name", &"é".repeat(256)).is_err());
+        let grows = format!("{}@x.io", "İ".repeat(200));
+        let err = Email::parse("lead.email", &grows).unwrap_err();
+        assert!(err.to_string().starts_with("lead.email:"), "{err}");
     }
 
     #[test]

@@ -3,15 +3,21 @@ use crate::{Error, Result};
 /// The longest text field the API accepts, in characters.
 pub const MAX_TEXT_CHARS: usize = 255;
 
-/// Rejects over-long input, then trims it.
+/// Trims the input and rejects it if it is still too long.
 pub(crate) fn bounded_trimmed<'a>(field: &str, raw: &'a str) -> Result<&'a str> {
-    if raw.chars().count() > MAX_TEXT_CHARS {
+    let value = raw.trim();
+    check_length(field, value)?;
+    Ok(value)
+}
+
+pub(crate) fn check_length(field: &str, value: &str) -> Result<()> {
+    if value.chars().count() > MAX_TEXT_CHARS {
         return Err(Error::invalid(
             field,
             format!("must be at most {MAX_TEXT_CHARS} characters"),
         ));
     }
-    Ok(raw.trim())
+    Ok(())
 }
 
 /// Like [`bounded_trimmed`], and blank input is an error.

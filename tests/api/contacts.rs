@@ -98,6 +98,18 @@ async fn register_names_the_source_by_bot_id_or_id(db: TestDb) {
         Code::NotFound,
         "source",
     );
+    // The source is resolved first: an unknown one is NOT_FOUND even when the
+    // lead is invalid too.
+    let unknown_and_invalid = client
+        .register_contact(pb::RegisterContactRequest {
+            source: Some(pb::register_contact_request::Source::SourceId(
+                source.id + 1,
+            )),
+            lead: None,
+            request_id: String::new(),
+        })
+        .await;
+    assert_code(unknown_and_invalid, Code::NotFound, "source");
     assert_eq!(
         app.all_contacts().await.len(),
         1,

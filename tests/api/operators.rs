@@ -251,6 +251,13 @@ async fn update_operator_rejects_bad_input_and_unknown_id(db: TestDb) {
         })
         .await;
     assert_code(result, Code::NotFound, "operator");
+    let nothing_for_nobody = client
+        .update_operator(pb::UpdateOperatorRequest {
+            id: created.id + 100,
+            ..Default::default()
+        })
+        .await;
+    assert_code(nothing_for_nobody, Code::NotFound, "operator");
 }
 
 async fn lowering_max_load_below_active_load_takes_nothing_away(db: TestDb) {

@@ -231,6 +231,8 @@ async fn set_source_operators_rejects_bad_tables_and_changes_nothing(db: TestDb)
             "operator",
         ),
         (set(source.id + 100, &[(a, 1)]), Code::NotFound, "source"),
+        // An unknown source is reported before what is wrong with the table.
+        (set(source.id + 100, &[(a, 0)]), Code::NotFound, "source"),
         (
             set(source.id, &[(a, 1), (b, 2), (a, 3)]),
             Code::InvalidArgument,
