@@ -57,6 +57,22 @@ impl Error {
         }
     }
 
+    /// Whether this is a fault of the database or the service rather than an
+    /// answer about the request.
+    pub fn is_fault(&self) -> bool {
+        match self {
+            Self::InvalidArgument { .. }
+            | Self::NotFound(_)
+            | Self::AlreadyExists(_)
+            | Self::FailedPrecondition(_) => false,
+            Self::Pool(_)
+            | Self::Database(_)
+            | Self::Task(_)
+            | Self::Unavailable(_)
+            | Self::Internal(_) => true,
+        }
+    }
+
     /// What a unit of work answers when the transaction it ran in could not
     /// commit because of `self`: its own outcome was rolled back.
     pub fn lost_transaction(&self) -> Self {

@@ -92,7 +92,7 @@ impl Repository {
     }
 
     pub async fn create_source(&self, new: NewSource) -> Result<Source> {
-        self.write(OnUniqueViolation::Fail, move |c| {
+        self.write(OnUniqueViolation::Retry, move |c| {
             db::sources::create(c, &new)
         })
         .await

@@ -1,5 +1,5 @@
 use super::run::RunOn;
-use diesel::{prelude::*, result::DatabaseErrorKind};
+use diesel::prelude::*;
 use rand::Rng;
 
 use super::{
@@ -12,28 +12,32 @@ use crate::{
     domain::{NewSource, Page, PageRequest, Source, SourceKey, Timestamp, WeightTable},
 };
 
+/// A taken `bot_id` is found by a lookup, not by catching the unique
+/// violation: a unit of work may answer with a domain error only when it has
+/// written nothing (see the writer's direct mode). Should another replica
+/// insert the same `bot_id` in between, the violation is a database error, the
+/// batch runs again, and the lookup finds it.
 pub fn create(connection: &mut DbConnection, new: &NewSource) -> Result<Source> {
-    let inserted = diesel::insert_into(sources::table)
+    let taken: bool = diesel::select(diesel::dsl::exists(
+        sources::table.filter(sources::bot_id.eq(new.bot_id.as_str())),
+    ))
+    .get_result_on(connection)?;
+    if taken {
+        return Err(Error::AlreadyExists(format!(
+            "bot_id: a source with bot_id {:?} already exists",
+            new.bot_id.as_str()
+        )));
+    }
+    let row: SourceRow = diesel::insert_into(sources::table)
         .values(NewSourceRow {
             bot_id: new.bot_id.as_str(),
             name: new.name.as_str(),
             created_at: Timestamp::now().as_micros(),
         })
         .returning(sources::all_columns)
-        .get_result_on::<SourceRow>(connection);
-    match inserted {
-        Ok(row) => {
-            counts::add_source(connection, row.id)?;
-            Ok(row.into())
-        }
-        Err(diesel::result::Error::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
-            Err(Error::AlreadyExists(format!(
-                "bot_id: a source with bot_id {:?} already exists",
-                new.bot_id.as_str()
-            )))
-        }
-        Err(error) => Err(error.into()),
-    }
+        .get_result_on(connection)?;
+    counts::add_source(connection, row.id)?;
+    Ok(row.into())
 }
 
 pub fn get(connection: &mut DbConnection, key: &SourceKey) -> Result<Source> {

@@ -51,3 +51,16 @@ pub fn unit<T>(
     }
     outcome
 }
+
+/// Runs one unit of work without a savepoint (see the writer's `Mode::Direct`).
+pub fn direct_unit<T>(
+    connection: &mut DbConnection,
+    work: impl FnOnce(&mut DbConnection) -> Result<T>,
+) -> Result<T> {
+    let outcome = work(connection);
+    match outcome {
+        Ok(_) => tx_state::unit_succeeded(),
+        Err(_) => tx_state::unit_failed(),
+    }
+    outcome
+}

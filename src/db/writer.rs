@@ -75,10 +75,25 @@ impl Writer {
     }
 }
 
+/// How the units of a transaction are run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One after the other, with nothing in between: the fast path. A unit
+    /// that answers with a domain error (NOT_FOUND, INVALID_ARGUMENT...) has
+    /// written nothing, by the construction of every unit; a database error
+    /// may have left partial writes (or, on PostgreSQL, an aborted
+    /// transaction), so the whole batch then runs again in `Savepoints` mode.
+    Direct,
+    /// Each unit in its own savepoint, so that a failing unit undoes only its
+    /// own writes.
+    Savepoints,
+}
+
 trait Job: Send {
-    /// Runs the unit in a savepoint. `Err` is a conflict with a concurrent
-    /// transaction: the whole transaction must roll back and run again.
-    fn run(&mut self, connection: &mut DbConnection) -> Result<(), Error>;
+    /// Runs the unit. `Err` means the whole transaction must roll back and
+    /// run again: a conflict with a concurrent transaction, or (in `Direct`
+    /// mode) any database error.
+    fn run(&mut self, connection: &mut DbConnection, mode: Mode) -> Result<(), Error>;
 
     /// Answers the caller: the unit's own outcome if the transaction committed.
     fn finish(self: Box<Self>, committed: Result<(), &Error>);
@@ -97,10 +112,15 @@ where
     T: Send,
     F: Fn(&mut DbConnection) -> Result<T> + Send,
 {
-    fn run(&mut self, connection: &mut DbConnection) -> Result<(), Error> {
+    fn run(&mut self, connection: &mut DbConnection, mode: Mode) -> Result<(), Error> {
         let _entered = self.span.enter();
-        match transaction::unit(connection, &self.work) {
+        let outcome = match mode {
+            Mode::Direct => transaction::direct_unit(connection, &self.work),
+            Mode::Savepoints => transaction::unit(connection, &self.work),
+        };
+        match outcome {
             Err(error) if error.is_transient_conflict(self.retry_unique) => Err(error),
+            Err(error) if mode == Mode::Direct && error.is_fault() => Err(error),
             outcome => {
                 self.outcome = Some(outcome);
                 Ok(())
@@ -153,20 +173,25 @@ fn next_batch(receiver: &Mutex<Receiver<Box<dyn Job>>>) -> Option<Vec<Box<dyn Jo
 
 fn run_batch(connection: &mut DbConnection, batch: &mut [Box<dyn Job>]) -> Result<()> {
     let mut attempt = 0;
+    let mut mode = Mode::Direct;
     loop {
         attempt += 1;
         transaction::begin(connection)?;
-        let conflict = batch.iter_mut().find_map(|job| job.run(connection).err());
-        let Some(conflict) = conflict else {
+        let failure = batch.iter_mut().find_map(|job| job.run(connection, mode).err());
+        let Some(failure) = failure else {
             return transaction::commit(connection)
                 .inspect_err(|_| transaction::rollback(connection));
         };
         transaction::rollback(connection);
         if attempt >= MAX_ATTEMPTS {
-            return Err(conflict);
+            return Err(failure);
         }
-        tracing::debug!(error = %conflict, attempt, "transaction conflict, running the batch again");
-        std::thread::sleep(backoff(attempt));
+        tracing::debug!(error = %failure, attempt, ?mode, "running the batch again");
+        if mode == Mode::Direct {
+            mode = Mode::Savepoints;
+        } else {
+            std::thread::sleep(backoff(attempt));
+        }
     }
 }
 
