@@ -68,7 +68,6 @@ fn assign<R: Rng + ?Sized>(
     source_id: i64,
     rng: &mut R,
 ) -> Result<Option<i64>> {
-    locks::sources(connection, &[source_id])?;
     operators::claim_for_source(connection, source_id, rng)
 }
 

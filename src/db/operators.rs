@@ -6,11 +6,12 @@ use super::{
     DbConnection, dispatch, locks,
     models::{NewOperatorRow, OperatorRow},
     schema::{operators, source_operators},
+    tx_state::{self, OperatorLoad},
 };
 use crate::{
     Error, Result,
     domain::{NewOperator, Operator, OperatorChanges, Page, PageRequest, Timestamp},
-    selector::Candidate,
+    selector::{Candidate, draw_until_taken},
 };
 
 pub fn create(connection: &mut DbConnection, new: &NewOperator) -> Result<Operator> {
@@ -78,6 +79,8 @@ pub fn update<R: Rng + ?Sized>(
     changes: &OperatorChanges,
     rng: &mut R,
 ) -> Result<Operator> {
+    // The cached rows would miss this change.
+    flush_loads(connection)?;
     let served = if changes.may_add_capacity() {
         locks::operator_sources(connection, id, None)?
     } else {
@@ -95,6 +98,8 @@ pub fn update<R: Rng + ?Sized>(
         return Err(Error::not_found(format_args!("operator {id}")));
     }
     dispatch::pending(connection, &served, rng)?;
+    // The answer shows the load after the dispatch.
+    flush_loads(connection)?;
     get(connection, id)
 }
 
@@ -136,6 +141,9 @@ pub fn take_slot(connection: &mut DbConnection, operator_id: i64) -> Result<bool
 
 /// Gives back one unit of the operator's load.
 pub fn release_slot(connection: &mut DbConnection, operator_id: i64) -> Result<()> {
+    if tx_state::loads_cached() && tx_state::release_cached(operator_id) {
+        return Ok(());
+    }
     diesel::update(operators::table.find(operator_id))
         .set(operators::active_load.eq(operators::active_load - 1))
         .execute_on(connection)?;
@@ -144,13 +152,98 @@ pub fn release_slot(connection: &mut DbConnection, operator_id: i64) -> Result<(
 
 /// Draws an operator for a contact of the source and takes one unit of its
 /// load; an operator that filled up meanwhile is excluded and the draw repeats.
+/// Takes the source's locks first (see [`locks`]).
 pub fn claim_for_source<R: Rng + ?Sized>(
     connection: &mut DbConnection,
     source_id: i64,
     rng: &mut R,
 ) -> Result<Option<i64>> {
+    locks::sources(connection, &[source_id])?;
+    if tx_state::loads_cached() {
+        let candidates = match tx_state::cached_candidates(source_id) {
+            Some(candidates) => candidates,
+            None => {
+                cache_source(connection, source_id)?;
+                tx_state::cached_candidates(source_id).unwrap_or_default()
+            }
+        };
+        return draw_until_taken(candidates, rng, |operator_id| {
+            Ok(tx_state::take_cached(operator_id))
+        });
+    }
     let candidates = candidates(connection, source_id)?;
-    crate::selector::draw_until_taken(candidates, rng, |operator_id| {
+    draw_until_taken(candidates, rng, |operator_id| {
         take_slot(connection, operator_id)
     })
+}
+
+/// Reads the source's weight table and operator rows into the transaction's
+/// cache. The caller holds the source's locks, so the rows cannot change
+/// under the cache until commit.
+fn cache_source(connection: &mut DbConnection, source_id: i64) -> Result<()> {
+    let table: Vec<(i64, i32)> = source_operators::table
+        .filter(source_operators::source_id.eq(source_id))
+        .order(source_operators::operator_id)
+        .select((source_operators::operator_id, source_operators::weight))
+        .load_on(connection)?;
+    let ids: Vec<i64> = table.iter().map(|(operator_id, _)| *operator_id).collect();
+    let rows: Vec<(i64, bool, i32, i32)> = operators::table
+        .filter(operators::id.eq_any(&ids))
+        .select((
+            operators::id,
+            operators::is_active,
+            operators::max_load,
+            operators::active_load,
+        ))
+        .load_on(connection)?;
+    tx_state::cache_source(
+        source_id,
+        table
+            .into_iter()
+            .map(|(operator_id, weight)| (operator_id, weight.unsigned_abs()))
+            .collect(),
+        rows.into_iter()
+            .map(|(id, is_active, max_load, active_load)| {
+                (
+                    id,
+                    OperatorLoad {
+                        is_active,
+                        max_load,
+                        active_load,
+                    },
+                )
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
+/// Writes the load changes the transaction made in memory and empties the
+/// cache: before commit, and before a statement that changes operators or
+/// weight tables behind the cache's back.
+pub fn flush_loads(connection: &mut DbConnection) -> Result<()> {
+    for (operator_id, delta) in tx_state::take_load_changes() {
+        if delta > 0 {
+            // The guard still holds the invariant in SQL: if the cache were
+            // ever wrong, the whole transaction fails instead of overfilling.
+            let written = diesel::update(
+                operators::table
+                    .find(operator_id)
+                    .filter(operators::is_active.eq(true))
+                    .filter((operators::active_load + delta).le(operators::max_load)),
+            )
+            .set(operators::active_load.eq(operators::active_load + delta))
+            .execute_on(connection)?;
+            if written != 1 {
+                return Err(Error::Internal(format!(
+                    "operator {operator_id} cannot take {delta} more contacts"
+                )));
+            }
+        } else if delta < 0 {
+            diesel::update(operators::table.find(operator_id))
+                .set(operators::active_load.eq(operators::active_load + delta))
+                .execute_on(connection)?;
+        }
+    }
+    Ok(())
 }

@@ -108,6 +108,8 @@ pub fn set_operators<R: Rng + ?Sized>(
     if !locks::source_table(connection, source_id)? {
         return Err(Error::not_found(format_args!("source {source_id}")));
     }
+    // The cached weight tables would miss this change.
+    super::operators::flush_loads(connection)?;
     let wanted: Vec<i64> = table.entries().iter().map(|e| e.operator_id).collect();
     let known: Vec<i64> = operators::table
         .filter(operators::id.eq_any(&wanted))

@@ -3,7 +3,7 @@ use diesel::{
     connection::{AnsiTransactionManager, TransactionManager},
 };
 
-use super::{DbConnection, counts, tx_state};
+use super::{DbConnection, counts, operators, tx_state};
 use crate::Result;
 
 type MultiTransactionManager = <DbConnection as Connection>::TransactionManager;
@@ -13,8 +13,9 @@ type MultiTransactionManager = <DbConnection as Connection>::TransactionManager;
 /// On SQLite that is `BEGIN IMMEDIATE`: a deferred transaction that read first
 /// could fail to upgrade to a writer when another connection committed in
 /// between. Units of work inside it run in savepoints ([`unit`]).
-pub fn begin(connection: &mut DbConnection) -> Result<()> {
-    tx_state::reset();
+/// `cache_loads`: see [`tx_state::reset`].
+pub fn begin(connection: &mut DbConnection, cache_loads: bool) -> Result<()> {
+    tx_state::reset(cache_loads);
     match connection {
         DbConnection::Sqlite(sqlite) => {
             AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
@@ -24,8 +25,9 @@ pub fn begin(connection: &mut DbConnection) -> Result<()> {
     Ok(())
 }
 
-/// Writes the counters the units changed, then commits.
+/// Writes the operator loads and counters the units changed, then commits.
 pub fn commit(connection: &mut DbConnection) -> Result<()> {
+    operators::flush_loads(connection)?;
     counts::flush(connection)?;
     MultiTransactionManager::commit_transaction(connection)?;
     Ok(())
@@ -35,7 +37,7 @@ pub fn rollback(connection: &mut DbConnection) {
     if let Err(error) = MultiTransactionManager::rollback_transaction(connection) {
         tracing::warn!(%error, "rollback failed");
     }
-    tx_state::reset();
+    tx_state::reset(false);
 }
 
 /// Runs one unit of work in a savepoint, so that its failure undoes only its

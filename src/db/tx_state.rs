@@ -5,8 +5,10 @@
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
 };
+
+use crate::selector::Candidate;
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PairDelta {
@@ -36,9 +38,33 @@ impl Deltas {
     }
 }
 
+/// An operator row as this transaction sees it, load changes included.
+#[derive(Debug, Clone, Copy)]
+pub struct OperatorLoad {
+    pub is_active: bool,
+    pub max_load: i32,
+    pub active_load: i32,
+}
+
+/// Operator rows this transaction holds locked (or, on SQLite, reads as the
+/// only writer), so their loads can be drawn from and changed in memory and
+/// written once at commit. Only in the writer's direct mode: a savepoint
+/// rollback would release locks behind the cache's back.
+#[derive(Default)]
+struct LoadCache {
+    enabled: bool,
+    operators: HashMap<i64, OperatorLoad>,
+    tables: HashMap<i64, Vec<(i64, u32)>>,
+    /// Load changes of the running unit, undone in memory if it fails.
+    unit: BTreeMap<i64, i32>,
+    /// Load changes of the units that succeeded, to be written.
+    transaction: BTreeMap<i64, i32>,
+}
+
 #[derive(Default)]
 struct State {
     locked_sources: BTreeSet<i64>,
+    loads: LoadCache,
     /// Changes of the unit of work running now, dropped if it fails.
     unit: Deltas,
     /// Changes of the units that succeeded, written before commit.
@@ -50,8 +76,13 @@ thread_local! {
 }
 
 /// A transaction began, or rolled back: nothing is held or pending.
-pub fn reset() {
-    STATE.with(|state| *state.borrow_mut() = State::default());
+/// `cache_loads`: whether operator loads may be kept in memory.
+pub fn reset(cache_loads: bool) {
+    STATE.with(|state| {
+        let mut fresh = State::default();
+        fresh.loads.enabled = cache_loads;
+        *state.borrow_mut() = fresh;
+    });
 }
 
 /// The unit of work succeeded: its counter changes join the transaction's.
@@ -60,6 +91,9 @@ pub fn unit_succeeded() {
         let state = &mut *state.borrow_mut();
         let unit = std::mem::take(&mut state.unit);
         state.transaction.absorb(unit);
+        for (operator_id, delta) in std::mem::take(&mut state.loads.unit) {
+            *state.loads.transaction.entry(operator_id).or_default() += delta;
+        }
     });
 }
 
@@ -69,6 +103,11 @@ pub fn unit_failed() {
     STATE.with(|state| {
         let state = &mut *state.borrow_mut();
         state.unit = Deltas::default();
+        for (operator_id, delta) in std::mem::take(&mut state.loads.unit) {
+            if let Some(load) = state.loads.operators.get_mut(&operator_id) {
+                load.active_load -= delta;
+            }
+        }
         // Locks taken before the unit began are still held, but which ones is
         // not recorded; taking them again is harmless.
         state.locked_sources.clear();
@@ -120,4 +159,91 @@ pub fn forget_source(id: i64) {
     STATE.with(|state| {
         state.borrow_mut().locked_sources.remove(&id);
     });
+}
+
+pub fn loads_cached() -> bool {
+    STATE.with(|state| state.borrow().loads.enabled)
+}
+
+/// The source's candidates from the cache, `None` if it is not cached.
+pub fn cached_candidates(source_id: i64) -> Option<Vec<Candidate>> {
+    STATE.with(|state| {
+        let state = state.borrow();
+        let loads = &state.loads;
+        let table = loads.tables.get(&source_id)?;
+        Some(
+            table
+                .iter()
+                .filter(|(operator_id, _)| {
+                    loads
+                        .operators
+                        .get(operator_id)
+                        .is_some_and(|load| load.is_active && load.active_load < load.max_load)
+                })
+                .map(|&(operator_id, weight)| Candidate {
+                    operator_id,
+                    weight,
+                })
+                .collect(),
+        )
+    })
+}
+
+/// Caches the source's weight table and its operators' rows. Rows already
+/// cached are kept: they hold load changes not yet written.
+pub fn cache_source(source_id: i64, table: Vec<(i64, u32)>, rows: Vec<(i64, OperatorLoad)>) {
+    STATE.with(|state| {
+        let loads = &mut state.borrow_mut().loads;
+        for (operator_id, load) in rows {
+            loads.operators.entry(operator_id).or_insert(load);
+        }
+        loads.tables.insert(source_id, table);
+    });
+}
+
+/// Takes a unit of the operator's load in memory, if it is cached, active
+/// and below its limit.
+pub fn take_cached(operator_id: i64) -> bool {
+    STATE.with(|state| {
+        let loads = &mut state.borrow_mut().loads;
+        match loads.operators.get_mut(&operator_id) {
+            Some(load) if load.is_active && load.active_load < load.max_load => {
+                load.active_load += 1;
+                *loads.unit.entry(operator_id).or_default() += 1;
+                true
+            }
+            _ => false,
+        }
+    })
+}
+
+/// Gives back a unit of the operator's load in memory; `false` if the
+/// operator is not cached (the caller then writes it).
+pub fn release_cached(operator_id: i64) -> bool {
+    STATE.with(|state| {
+        let loads = &mut state.borrow_mut().loads;
+        match loads.operators.get_mut(&operator_id) {
+            Some(load) => {
+                load.active_load -= 1;
+                *loads.unit.entry(operator_id).or_default() -= 1;
+                true
+            }
+            None => false,
+        }
+    })
+}
+
+/// Empties the cache and returns the load changes still to be written,
+/// the running unit's included (they are written now, with the rest).
+pub fn take_load_changes() -> BTreeMap<i64, i32> {
+    STATE.with(|state| {
+        let loads = &mut state.borrow_mut().loads;
+        loads.operators.clear();
+        loads.tables.clear();
+        let mut changes = std::mem::take(&mut loads.transaction);
+        for (operator_id, delta) in std::mem::take(&mut loads.unit) {
+            *changes.entry(operator_id).or_default() += delta;
+        }
+        changes
+    })
 }

@@ -176,11 +176,22 @@ fn run_batch(connection: &mut DbConnection, batch: &mut [Box<dyn Job>]) -> Resul
     let mut mode = Mode::Direct;
     loop {
         attempt += 1;
-        transaction::begin(connection)?;
-        let failure = batch.iter_mut().find_map(|job| job.run(connection, mode).err());
-        let Some(failure) = failure else {
-            return transaction::commit(connection)
-                .inspect_err(|_| transaction::rollback(connection));
+        transaction::begin(connection, mode == Mode::Direct)?;
+        let failure = match batch
+            .iter_mut()
+            .find_map(|job| job.run(connection, mode).err())
+        {
+            None => match transaction::commit(connection) {
+                Ok(()) => return Ok(()),
+                // Writing the cached loads or counters failed, or COMMIT did:
+                // nothing is committed, and the careful mode may get through.
+                Err(error) if mode == Mode::Direct => error,
+                Err(error) => {
+                    transaction::rollback(connection);
+                    return Err(error);
+                }
+            },
+            Some(failure) => failure,
         };
         transaction::rollback(connection);
         if attempt >= MAX_ATTEMPTS {

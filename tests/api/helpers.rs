@@ -93,6 +93,11 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(db: &TestDb) -> Self {
+        // RUST_LOG=debug cargo test -- --nocapture shows the server's log.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
         let settings = Settings {
             listen: "127.0.0.1:0".into(),
             database_url: db.url(),
