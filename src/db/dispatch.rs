@@ -3,6 +3,8 @@
 //! is used up before that call answers.
 
 use super::run::RunOn;
+use std::collections::VecDeque;
+
 use diesel::prelude::*;
 use rand::Rng;
 
@@ -16,7 +18,7 @@ use crate::{
 const PENDING_PREDICATE: &str = "contacts.status = 2";
 
 /// Pending contacts are read in batches of this many, oldest first.
-const BATCH: i64 = 64;
+const BATCH: i64 = 16;
 
 /// Assigns the pending contacts of `sources` (those the new capacity can
 /// serve), oldest first across all of them, each by the weighted draw, until
@@ -27,47 +29,81 @@ pub fn pending<R: Rng + ?Sized>(
     sources: &[i64],
     rng: &mut R,
 ) -> Result<usize> {
-    let mut open_sources = sources.to_vec();
-    let mut after = 0;
+    let mut queues = Vec::new();
+    for &source_id in sources {
+        // A full source's pending contacts need not even be read.
+        if operators::has_candidates(connection, source_id)? {
+            queues.push(Queue {
+                source_id,
+                ids: VecDeque::new(),
+                after: 0,
+                more: true,
+            });
+        }
+    }
     let mut assigned = 0;
-    while !open_sources.is_empty() {
-        let batch: Vec<(i64, i64)> = contacts::table
+    loop {
+        for queue in &mut queues {
+            queue.refill(connection)?;
+        }
+        queues.retain(|queue| !queue.ids.is_empty());
+        // The oldest pending contact of all the sources in scope.
+        let Some(queue) = queues.iter_mut().min_by_key(|queue| queue.ids[0]) else {
+            return Ok(assigned);
+        };
+        let (source_id, contact_id) = (queue.source_id, queue.ids[0]);
+        queue.ids.pop_front();
+        match operators::claim_for_source(connection, source_id, rng)? {
+            // Loads only grow within this transaction: the source stays full.
+            None => queues.retain(|queue| queue.source_id != source_id),
+            Some(operator_id) => {
+                if assign(connection, contact_id, operator_id)? {
+                    counts::assigned(operator_id, source_id);
+                    counts::pending(source_id, -1);
+                    assigned += 1;
+                } else {
+                    // Closed or assigned by a concurrent transaction meanwhile.
+                    operators::release_slot(connection, operator_id)?;
+                }
+            }
+        }
+    }
+}
+
+/// A source's oldest pending contacts not yet tried, read a few at a time.
+/// One source per query, so that the partial index of pending contacts,
+/// ordered by (source_id, id), hands them over in order without a sort.
+struct Queue {
+    source_id: i64,
+    ids: VecDeque<i64>,
+    after: i64,
+    more: bool,
+}
+
+impl Queue {
+    fn refill(&mut self, connection: &mut DbConnection) -> Result<()> {
+        if !self.ids.is_empty() || !self.more {
+            return Ok(());
+        }
+        let ids: Vec<i64> = contacts::table
             // A literal, not a bound value: that is what lets SQLite's planner
             // (with stable plans) pick the partial index of pending contacts.
             .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
                 PENDING_PREDICATE,
             ))
-            .filter(contacts::source_id.eq_any(&open_sources))
-            .filter(contacts::id.gt(after))
+            .filter(contacts::source_id.eq(self.source_id))
+            .filter(contacts::id.gt(self.after))
             .order(contacts::id)
             .limit(BATCH)
-            .select((contacts::id, contacts::source_id))
+            .select(contacts::id)
             .load_on(connection)?;
-        if batch.is_empty() {
-            break;
+        self.more = ids.len() as i64 == BATCH;
+        if let Some(&last) = ids.last() {
+            self.after = last;
         }
-        for (contact_id, source_id) in batch {
-            after = contact_id;
-            if !open_sources.contains(&source_id) {
-                continue;
-            }
-            match operators::claim_for_source(connection, source_id, rng)? {
-                // Loads only grow within this transaction: the source stays full.
-                None => open_sources.retain(|open| *open != source_id),
-                Some(operator_id) => {
-                    if assign(connection, contact_id, operator_id)? {
-                        counts::assigned(operator_id, source_id);
-                        counts::pending(source_id, -1);
-                        assigned += 1;
-                    } else {
-                        // Closed or assigned by a concurrent transaction meanwhile.
-                        operators::release_slot(connection, operator_id)?;
-                    }
-                }
-            }
-        }
+        self.ids.extend(ids);
+        Ok(())
     }
-    Ok(assigned)
 }
 
 /// Makes a still-pending contact ACTIVE with the operator whose slot was taken.

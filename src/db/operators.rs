@@ -177,6 +177,18 @@ pub fn claim_for_source<R: Rng + ?Sized>(
     })
 }
 
+/// Whether any operator of the source could take a contact now.
+pub fn has_candidates(connection: &mut DbConnection, source_id: i64) -> Result<bool> {
+    locks::sources(connection, &[source_id])?;
+    if tx_state::loads_cached() {
+        if tx_state::cached_candidates(source_id).is_none() {
+            cache_source(connection, source_id)?;
+        }
+        return Ok(tx_state::cached_candidates(source_id).is_some_and(|c| !c.is_empty()));
+    }
+    Ok(!candidates(connection, source_id)?.is_empty())
+}
+
 /// Reads the source's weight table and operator rows into the transaction's
 /// cache. The caller holds the source's locks, so the rows cannot change
 /// under the cache until commit.

@@ -141,10 +141,16 @@ where
 
 fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
     while let Some(mut batch) = next_batch(receiver) {
+        let started = std::time::Instant::now();
         let committed = match pool.get() {
             Ok(mut connection) => run_batch(&mut connection, &mut batch),
             Err(error) => Err(Error::Pool(error)),
         };
+        tracing::trace!(
+            units = batch.len(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "batch"
+        );
         if let Err(error) = &committed {
             tracing::warn!(%error, units = batch.len(), "write transaction failed");
         }
