@@ -232,7 +232,10 @@ impl Server {
         let child = Command::new(&words[0])
             .args(&words[1..])
             .args(["--listen", &address, "--database-url", &db.url()])
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("MINICRM_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .spawn()
             .expect("start minicrm");

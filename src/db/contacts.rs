@@ -7,7 +7,7 @@ use super::{
     models::{ContactRow, NewContactRow},
     operators,
     schema::contacts,
-    sources,
+    sources, tx_state,
 };
 use crate::{
     Error, Result,
@@ -23,7 +23,12 @@ pub fn register<R: Rng + ?Sized>(
     new: &NewContact,
     rng: &mut R,
 ) -> Result<Registration> {
-    if let Some(request_id) = &new.request_id
+    // In the writer's direct mode the lookup is left to the unique index: a
+    // repeated request id fails the contact insert, and the batch runs again
+    // in careful mode, where this lookup answers it. Retries are rare; the
+    // round trip saved is on every registration.
+    if !tx_state::direct_mode()
+        && let Some(request_id) = &new.request_id
         && let Some(earlier) = find_registration(connection, request_id)?
     {
         return Ok(earlier);

@@ -6,6 +6,7 @@ use super::{
     DbConnection, counts, dispatch, locks,
     models::{NewSourceRow, SourceRow, WeightRow},
     schema::{operators, source_operators, sources},
+    tx_state,
 };
 use crate::{
     Error, Result,
@@ -56,8 +57,13 @@ pub fn get(connection: &mut DbConnection, key: &SourceKey) -> Result<Source> {
         .ok_or_else(|| Error::not_found(describe(key)))
 }
 
-/// The id of the source the key names.
+/// The id of the source the key names. Writer threads remember the answer
+/// (see [`tx_state::known_source`]): one round trip less per registration.
 pub fn resolve(connection: &mut DbConnection, key: &SourceKey) -> Result<i64> {
+    let direct = tx_state::direct_mode();
+    if direct && let Some(id) = tx_state::known_source(key) {
+        return Ok(id);
+    }
     let id = match key {
         SourceKey::Id(id) => sources::table
             .find(*id)
@@ -70,7 +76,11 @@ pub fn resolve(connection: &mut DbConnection, key: &SourceKey) -> Result<i64> {
             .first_on(connection)
             .optional()?,
     };
-    id.ok_or_else(|| Error::not_found(describe(key)))
+    let id = id.ok_or_else(|| Error::not_found(describe(key)))?;
+    if direct {
+        tx_state::remember_source(key, id);
+    }
+    Ok(id)
 }
 
 fn describe(key: &SourceKey) -> String {

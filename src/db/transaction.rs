@@ -38,6 +38,7 @@ pub fn rollback(connection: &mut DbConnection) {
         tracing::warn!(%error, "rollback failed");
     }
     tx_state::reset(false);
+    tx_state::forget_known_sources();
 }
 
 /// Runs one unit of work in a savepoint, so that its failure undoes only its

@@ -8,7 +8,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
 };
 
-use crate::selector::Candidate;
+use crate::{domain::SourceKey, selector::Candidate};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct PairDelta {
@@ -161,8 +161,33 @@ pub fn forget_source(id: i64) {
     });
 }
 
+/// Whether the transaction runs in the writer's direct mode: units without
+/// savepoints, operator loads cached in memory.
 pub fn loads_cached() -> bool {
     STATE.with(|state| state.borrow().loads.enabled)
+}
+
+pub use loads_cached as direct_mode;
+
+thread_local! {
+    /// Source ids by key, as committed transactions on this writer thread saw
+    /// them. Sources are never deleted and their keys never change, so an
+    /// entry stays true; it is dropped on rollback, in case the source was
+    /// created by the transaction rolled back. Writer threads serve one
+    /// database each, so the map never mixes databases.
+    static KNOWN_SOURCES: RefCell<HashMap<SourceKey, i64>> = RefCell::default();
+}
+
+pub fn known_source(key: &SourceKey) -> Option<i64> {
+    KNOWN_SOURCES.with(|known| known.borrow().get(key).copied())
+}
+
+pub fn remember_source(key: &SourceKey, id: i64) {
+    KNOWN_SOURCES.with(|known| known.borrow_mut().insert(key.clone(), id));
+}
+
+pub fn forget_known_sources() {
+    KNOWN_SOURCES.with(|known| known.borrow_mut().clear());
 }
 
 /// The source's candidates from the cache, `None` if it is not cached.

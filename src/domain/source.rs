@@ -4,7 +4,7 @@ use super::{Timestamp, text};
 use crate::{Error, Result};
 
 /// A bot's identifier: trimmed, never blank, at most 255 characters.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct BotId(String);
 
 impl BotId {
@@ -32,7 +32,7 @@ impl SourceName {
 }
 
 /// How a request names a source.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum SourceKey {
     Id(i64),
     BotId(BotId),
