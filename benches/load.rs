@@ -501,7 +501,7 @@ async fn call(
 ) -> Result<(), String> {
     let register = |source_id: i64| {
         // Half the calls come from new people, half from known ones.
-        let phone = if n % 2 == 0 {
+        let phone = if n.is_multiple_of(2) {
             NEW_PHONE_BASE + run * 100_000_000 + n
         } else {
             fixture.existing_phone_base + (n / 2) % fixture.existing_leads

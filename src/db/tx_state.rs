@@ -272,3 +272,74 @@ pub fn take_load_changes() -> BTreeMap<i64, i32> {
         changes
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(active_load: i32, max_load: i32) -> OperatorLoad {
+        OperatorLoad {
+            is_active: true,
+            max_load,
+            active_load,
+        }
+    }
+
+    #[test]
+    fn cached_loads_never_pass_the_limit_and_failed_units_are_undone() {
+        reset(true);
+        cache_source(
+            7,
+            vec![(1, 10), (2, 5)],
+            vec![(1, load(1, 2)), (2, load(0, 0))],
+        );
+        let ids = |c: Vec<Candidate>| c.iter().map(|c| c.operator_id).collect::<Vec<_>>();
+        assert_eq!(ids(cached_candidates(7).unwrap()), [1]);
+        assert!(take_cached(1));
+        unit_succeeded();
+        assert!(!take_cached(1), "operator 1 is full");
+        assert!(!take_cached(2), "operator 2 takes nothing");
+        assert!(cached_candidates(7).unwrap().is_empty());
+
+        // A unit that frees a slot and then fails leaves the load as it was.
+        assert!(release_cached(1));
+        unit_failed();
+        assert!(cached_candidates(7).unwrap().is_empty());
+
+        // A unit still running when the loads are written is written too.
+        assert!(release_cached(1));
+        assert!(take_cached(1));
+        assert!(release_cached(1));
+        let changes = take_load_changes();
+        assert_eq!(
+            changes.get(&1),
+            Some(&0),
+            "+1 committed, -1 in the running unit"
+        );
+        assert!(cached_candidates(7).is_none(), "the cache is emptied");
+        reset(false);
+        assert!(!loads_cached());
+    }
+
+    #[test]
+    fn counter_changes_of_failed_units_are_dropped() {
+        reset(true);
+        add_pending(3, 1);
+        unit_succeeded();
+        add_pending(3, 5);
+        unit_failed();
+        add_pair(
+            1,
+            3,
+            PairDelta {
+                active: 1,
+                closed: 0,
+                total: 1,
+            },
+        );
+        unit_succeeded();
+        let deltas = take_transaction_deltas();
+        assert_eq!(deltas.pending.get(&3), Some(&1));
+        assert_eq!(deltas.pairs.get(&(1, 3)).map(|d| d.total), Some(1));
+    }
+}
