@@ -33,9 +33,22 @@ pub fn register<R: Rng + ?Sized>(
     {
         return Ok(earlier);
     }
-    let source_id = sources::resolve(connection, &new.source)?;
+    let source_id = match sources::resolve(connection, &new.source) {
+        Ok(source_id) => source_id,
+        // A retry gets the first call's result whatever source it names.
+        Err(unknown @ Error::NotFound(_)) => {
+            return match &new.request_id {
+                Some(request_id) => find_registration(connection, request_id)?.ok_or(unknown),
+                None => Err(unknown),
+            };
+        }
+        Err(error) => return Err(error),
+    };
     let (lead, lead_created) = leads::find_or_create(connection, &new.lead)?;
-    let operator_id = assign(connection, source_id, rng)?;
+    // Under the source's locks (see [`locks`]) the candidates are exact: no
+    // capacity event can slip in between this draw and the commit. `None`
+    // leaves the contact PENDING.
+    let operator_id = operators::claim_for_source(connection, source_id, rng)?;
     let now = Timestamp::now().as_micros();
     let status = match operator_id {
         Some(_) => ContactStatus::Active,
@@ -63,17 +76,6 @@ pub fn register<R: Rng + ?Sized>(
         lead,
         lead_created,
     })
-}
-
-/// Picks the operator for a new contact of the source, or `None` to leave it
-/// PENDING. Under the source's locks (see [`locks`]) the candidates read are
-/// exact: no capacity event can slip in between this look and the commit.
-fn assign<R: Rng + ?Sized>(
-    connection: &mut DbConnection,
-    source_id: i64,
-    rng: &mut R,
-) -> Result<Option<i64>> {
-    operators::claim_for_source(connection, source_id, rng)
 }
 
 /// The result of the earlier call that used this request id, if any.

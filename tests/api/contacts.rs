@@ -259,6 +259,12 @@ async fn retry_with_the_same_request_id_returns_the_first_result(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(retry, first);
+    // So does a retry naming a source that does not exist.
+    let unknown_source = app
+        .register(source.id + 100, phone_lead("+15550000002"), "req-1")
+        .await
+        .unwrap();
+    assert_eq!(unknown_source, first);
     // Even a retry that would not validate on its own gets the first result.
     let invalid_retry = app
         .register(source.id, pb::LeadIdentity::default(), "req-1")
