@@ -123,10 +123,9 @@ impl Repository {
     }
 
     pub async fn register_contact(&self, new: NewContact) -> Result<Registration> {
-        self.write(OnUniqueViolation::Retry, move |c| {
-            db::contacts::register(c, &new, &mut rand::rng())
-        })
-        .await
+        self.writer
+            .run_registration(move |c| db::contacts::register(c, &new, &mut rand::rng()))
+            .await
     }
 
     /// The registration an earlier call made with this request id, if any.

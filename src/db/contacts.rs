@@ -4,7 +4,7 @@ use rand::Rng;
 
 use super::{
     DbConnection, counts, dispatch, leads, locks,
-    models::{ContactRow, NewContactRow},
+    models::{ContactRow, NewContactRow, StagedContactRow},
     operators,
     schema::contacts,
     sources, tx_state,
@@ -54,19 +54,37 @@ pub fn register<R: Rng + ?Sized>(
         Some(_) => ContactStatus::Active,
         None => ContactStatus::Pending,
     };
-    let row: ContactRow = diesel::insert_into(contacts::table)
-        .values(NewContactRow {
-            lead_id: lead.id,
-            source_id,
-            operator_id,
-            status: status.code(),
-            created_at: now,
-            assigned_at: operator_id.map(|_| now),
-            request_id: new.request_id.as_ref().map(RequestId::as_str),
-            lead_created,
-        })
-        .returning(contacts::all_columns)
-        .get_result_on(connection)?;
+    let staged = StagedContactRow {
+        id: 0,
+        lead_id: lead.id,
+        source_id,
+        operator_id,
+        status: status.code(),
+        created_at: now,
+        assigned_at: operator_id.map(|_| now),
+        closed_at: None,
+        request_id: new.request_id.as_ref().map(|id| id.as_str().to_owned()),
+        lead_created,
+    };
+    // In direct mode the contact joins the batch's one multi-row insert at
+    // commit; a unique violation there (a repeated request id) sends the
+    // batch to careful mode, which inserts one by one.
+    let row: ContactRow = match tx_state::stage_contact(staged.clone()) {
+        Some(staged) => staged.into(),
+        None => diesel::insert_into(contacts::table)
+            .values(NewContactRow {
+                lead_id: staged.lead_id,
+                source_id,
+                operator_id,
+                status: staged.status,
+                created_at: now,
+                assigned_at: staged.assigned_at,
+                request_id: new.request_id.as_ref().map(RequestId::as_str),
+                lead_created,
+            })
+            .returning(contacts::all_columns)
+            .get_result_on(connection)?,
+    };
     match operator_id {
         Some(operator_id) => counts::assigned(operator_id, source_id),
         None => counts::pending(source_id, 1),
@@ -76,6 +94,52 @@ pub fn register<R: Rng + ?Sized>(
         lead,
         lead_created,
     })
+}
+
+/// Takes `count` contact ids ahead for the batch's registrations (direct
+/// mode). On SQLite the writer holds the only write lock, so the ids after
+/// the largest one are free; on PostgreSQL they come from the sequence.
+pub fn reserve_ids(connection: &mut DbConnection, count: usize) -> Result<()> {
+    if count == 0 {
+        return Ok(());
+    }
+    let count = i64::try_from(count).unwrap_or(i64::MAX);
+    match connection {
+        DbConnection::Postgres(pg) => {
+            let ids: Vec<Id> = diesel::sql_query(
+                "SELECT nextval(pg_get_serial_sequence('contacts', 'id')) AS id \
+                 FROM generate_series(1, $1)",
+            )
+            .bind::<diesel::sql_types::BigInt, _>(count)
+            .load(pg)?;
+            tx_state::reserve_contact_ids(ids.into_iter().map(|row| row.id));
+        }
+        DbConnection::Sqlite(_) => {
+            let largest: Option<i64> = contacts::table
+                .select(diesel::dsl::max(contacts::id))
+                .get_result_on(connection)?;
+            let first = largest.unwrap_or(0) + 1;
+            tx_state::reserve_contact_ids(first..first + count);
+        }
+    }
+    Ok(())
+}
+
+#[derive(diesel::QueryableByName)]
+struct Id {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
+
+/// Inserts the contacts staged so far, all in one statement.
+pub fn flush_staged(connection: &mut DbConnection) -> Result<()> {
+    let staged = tx_state::take_staged_contacts();
+    if !staged.is_empty() {
+        diesel::insert_into(contacts::table)
+            .values(&staged)
+            .execute_on(connection)?;
+    }
+    Ok(())
 }
 
 /// The result of the earlier call that used this request id, if any.

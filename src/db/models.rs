@@ -87,6 +87,53 @@ pub struct ContactRow {
     pub lead_created: bool,
 }
 
+/// A contact whose id was taken ahead, waiting to be inserted with the rest
+/// of its batch. NULL, not DEFAULT, for absent values: SQLite's multi-row
+/// insert has no DEFAULT.
+#[derive(Debug, Clone, Insertable)]
+#[diesel(table_name = contacts, treat_none_as_default_value = false)]
+pub struct StagedContactRow {
+    pub id: i64,
+    pub lead_id: i64,
+    pub source_id: i64,
+    pub operator_id: Option<i64>,
+    pub status: i32,
+    pub created_at: i64,
+    pub assigned_at: Option<i64>,
+    pub closed_at: Option<i64>,
+    pub request_id: Option<String>,
+    pub lead_created: bool,
+}
+
+impl From<StagedContactRow> for ContactRow {
+    fn from(row: StagedContactRow) -> Self {
+        let StagedContactRow {
+            id,
+            lead_id,
+            source_id,
+            operator_id,
+            status,
+            created_at,
+            assigned_at,
+            closed_at,
+            request_id,
+            lead_created,
+        } = row;
+        Self {
+            id,
+            lead_id,
+            source_id,
+            operator_id,
+            status,
+            created_at,
+            assigned_at,
+            closed_at,
+            request_id,
+            lead_created,
+        }
+    }
+}
+
 #[derive(Debug, Insertable)]
 #[diesel(table_name = contacts)]
 pub struct NewContactRow<'a> {

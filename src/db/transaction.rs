@@ -3,7 +3,7 @@ use diesel::{
     connection::{AnsiTransactionManager, TransactionManager},
 };
 
-use super::{DbConnection, counts, operators, tx_state};
+use super::{DbConnection, contacts, counts, operators, tx_state};
 use crate::Result;
 
 type MultiTransactionManager = <DbConnection as Connection>::TransactionManager;
@@ -25,8 +25,9 @@ pub fn begin(connection: &mut DbConnection, cache_loads: bool) -> Result<()> {
     Ok(())
 }
 
-/// Writes the operator loads and counters the units changed, then commits.
+/// Writes the staged contacts, operator loads and counters, then commits.
 pub fn commit(connection: &mut DbConnection) -> Result<()> {
+    contacts::flush_staged(connection)?;
     operators::flush_loads(connection)?;
     counts::flush(connection)?;
     MultiTransactionManager::commit_transaction(connection)?;

@@ -5,9 +5,10 @@
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
 };
 
+use super::models::StagedContactRow;
 use crate::{domain::SourceKey, selector::Candidate};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -61,8 +62,19 @@ struct LoadCache {
     transaction: BTreeMap<i64, i32>,
 }
 
+/// Contacts of the batch inserted together at the end (direct mode), with
+/// ids taken ahead.
+#[derive(Default)]
+struct StagedContacts {
+    ids: VecDeque<i64>,
+    rows: Vec<StagedContactRow>,
+    /// How many rows had been staged when the running unit began.
+    unit_start: usize,
+}
+
 #[derive(Default)]
 struct State {
+    contacts: StagedContacts,
     locked_sources: BTreeSet<i64>,
     loads: LoadCache,
     /// Changes of the unit of work running now, dropped if it fails.
@@ -91,6 +103,7 @@ pub fn unit_succeeded() {
         let state = &mut *state.borrow_mut();
         let unit = std::mem::take(&mut state.unit);
         state.transaction.absorb(unit);
+        state.contacts.unit_start = state.contacts.rows.len();
         for (operator_id, delta) in std::mem::take(&mut state.loads.unit) {
             *state.loads.transaction.entry(operator_id).or_default() += delta;
         }
@@ -103,6 +116,8 @@ pub fn unit_failed() {
     STATE.with(|state| {
         let state = &mut *state.borrow_mut();
         state.unit = Deltas::default();
+        let start = state.contacts.unit_start;
+        state.contacts.rows.truncate(start);
         for (operator_id, delta) in std::mem::take(&mut state.loads.unit) {
             if let Some(load) = state.loads.operators.get_mut(&operator_id) {
                 load.active_load -= delta;
@@ -163,6 +178,31 @@ pub fn forget_source(id: i64) {
 
 /// Whether the transaction runs in the writer's direct mode: units without
 /// savepoints, operator loads cached in memory.
+/// Ids taken ahead for the contacts this batch may insert.
+pub fn reserve_contact_ids(ids: impl IntoIterator<Item = i64>) {
+    STATE.with(|state| state.borrow_mut().contacts.ids.extend(ids));
+}
+
+/// Stages the contact for the batch's insert, giving it an id taken ahead;
+/// `None` (nothing staged) when no id is left.
+pub fn stage_contact(mut row: StagedContactRow) -> Option<StagedContactRow> {
+    STATE.with(|state| {
+        let contacts = &mut state.borrow_mut().contacts;
+        row.id = contacts.ids.pop_front()?;
+        contacts.rows.push(row.clone());
+        Some(row)
+    })
+}
+
+/// The staged contacts, to be inserted now.
+pub fn take_staged_contacts() -> Vec<StagedContactRow> {
+    STATE.with(|state| {
+        let contacts = &mut state.borrow_mut().contacts;
+        contacts.unit_start = 0;
+        std::mem::take(&mut contacts.rows)
+    })
+}
+
 pub fn loads_cached() -> bool {
     STATE.with(|state| state.borrow().loads.enabled)
 }

@@ -14,7 +14,7 @@ use std::{
 use tokio::sync::oneshot;
 use tracing::Span;
 
-use super::{DbConnection, connection::Pool, transaction};
+use super::{DbConnection, connection::Pool, contacts, transaction};
 use crate::{Error, Result};
 
 /// The most units one transaction takes: bounds the latency a full batch adds.
@@ -58,9 +58,33 @@ impl Writer {
         T: Send + 'static,
         F: Fn(&mut DbConnection) -> Result<T> + Send + 'static,
     {
+        self.submit(on_unique, false, work).await
+    }
+
+    /// Like [`Writer::run`] for a registration: it may stage one contact for
+    /// the batch's multi-row insert, with an id the batch takes ahead.
+    pub async fn run_registration<T, F>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut DbConnection) -> Result<T> + Send + 'static,
+    {
+        self.submit(OnUniqueViolation::Retry, true, work).await
+    }
+
+    async fn submit<T, F>(
+        &self,
+        on_unique: OnUniqueViolation,
+        registers: bool,
+        work: F,
+    ) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Fn(&mut DbConnection) -> Result<T> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
         let unit = Unit {
             work,
+            registers,
             span: Span::current(),
             retry_unique: on_unique == OnUniqueViolation::Retry,
             outcome: None,
@@ -97,10 +121,14 @@ trait Job: Send {
 
     /// Answers the caller: the unit's own outcome if the transaction committed.
     fn finish(self: Box<Self>, committed: Result<(), &Error>);
+
+    /// Whether the unit is a registration, which may stage a contact.
+    fn registers(&self) -> bool;
 }
 
 struct Unit<T, F> {
     work: F,
+    registers: bool,
     span: Span,
     retry_unique: bool,
     outcome: Option<Result<T>>,
@@ -126,6 +154,10 @@ where
                 Ok(())
             }
         }
+    }
+
+    fn registers(&self) -> bool {
+        self.registers
     }
 
     fn finish(self: Box<Self>, committed: Result<(), &Error>) {
@@ -183,21 +215,19 @@ fn run_batch(connection: &mut DbConnection, batch: &mut [Box<dyn Job>]) -> Resul
     loop {
         attempt += 1;
         transaction::begin(connection, mode == Mode::Direct)?;
-        let failure = match batch
-            .iter_mut()
-            .find_map(|job| job.run(connection, mode).err())
-        {
-            None => match transaction::commit(connection) {
+        let failure = match run_units(connection, batch, mode) {
+            Err(failure) => failure,
+            Ok(()) => match transaction::commit(connection) {
                 Ok(()) => return Ok(()),
-                // Writing the cached loads or counters failed, or COMMIT did:
-                // nothing is committed, and the careful mode may get through.
+                // Writing the staged contacts, cached loads or counters
+                // failed, or COMMIT did: nothing is committed, and the careful
+                // mode may get through.
                 Err(error) if mode == Mode::Direct => error,
                 Err(error) => {
                     transaction::rollback(connection);
                     return Err(error);
                 }
             },
-            Some(failure) => failure,
         };
         transaction::rollback(connection);
         if attempt >= MAX_ATTEMPTS {
@@ -210,6 +240,22 @@ fn run_batch(connection: &mut DbConnection, batch: &mut [Box<dyn Job>]) -> Resul
             std::thread::sleep(backoff(attempt));
         }
     }
+}
+
+/// Runs the units in order. `Err`: the transaction must roll back.
+fn run_units(connection: &mut DbConnection, batch: &mut [Box<dyn Job>], mode: Mode) -> Result<()> {
+    if mode == Mode::Direct {
+        let registrations = batch.iter().filter(|job| job.registers()).count();
+        contacts::reserve_ids(connection, registrations)?;
+    }
+    for job in batch.iter_mut() {
+        if mode == Mode::Direct && !job.registers() {
+            // Other units read contacts: they must see the staged ones.
+            contacts::flush_staged(connection)?;
+        }
+        job.run(connection, mode)?;
+    }
+    Ok(())
 }
 
 /// Short, growing, jittered pauses keep transactions that collided from
