@@ -361,6 +361,42 @@ mod tests {
         assert!(!loads_cached());
     }
 
+    fn contact(lead_id: i64) -> StagedContactRow {
+        StagedContactRow {
+            id: 0,
+            lead_id,
+            source_id: 1,
+            operator_id: None,
+            status: 2,
+            created_at: 0,
+            assigned_at: None,
+            closed_at: None,
+            request_id: None,
+            lead_created: false,
+        }
+    }
+
+    #[test]
+    fn staged_contacts_take_reserved_ids_and_failed_units_unstage() {
+        reset(true);
+        assert!(stage_contact(contact(1)).is_none(), "no id reserved");
+        reserve_contact_ids([10, 11]);
+        assert_eq!(stage_contact(contact(1)).map(|row| row.id), Some(10));
+        unit_succeeded();
+        assert_eq!(stage_contact(contact(2)).map(|row| row.id), Some(11));
+        unit_failed();
+        let staged: Vec<i64> = take_staged_contacts()
+            .iter()
+            .map(|row| row.lead_id)
+            .collect();
+        assert_eq!(staged, [1], "the failed unit's contact is gone");
+        assert!(
+            stage_contact(contact(3)).is_none(),
+            "ids are not handed out twice"
+        );
+        reset(false);
+    }
+
     #[test]
     fn counter_changes_of_failed_units_are_dropped() {
         reset(true);
