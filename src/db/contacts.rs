@@ -4,7 +4,7 @@ use rand::Rng;
 
 use super::{
     DbConnection, counts, dispatch, leads, locks,
-    models::{ContactRow, NewContactRow, StagedContactRow},
+    models::{ContactRow, NewContactRow},
     operators,
     schema::contacts,
     sources, tx_state,
@@ -54,7 +54,7 @@ pub fn register<R: Rng + ?Sized>(
         Some(_) => ContactStatus::Active,
         None => ContactStatus::Pending,
     };
-    let staged = StagedContactRow {
+    let staged = ContactRow {
         id: 0,
         lead_id: lead.id,
         source_id,
@@ -70,7 +70,7 @@ pub fn register<R: Rng + ?Sized>(
     // commit; a unique violation there (a repeated request id) sends the
     // batch to careful mode, which inserts one by one.
     let row: ContactRow = match tx_state::stage_contact(staged.clone()) {
-        Some(staged) => staged.into(),
+        Some(staged) => staged,
         None => diesel::insert_into(contacts::table)
             .values(NewContactRow {
                 lead_id: staged.lead_id,

@@ -72,8 +72,10 @@ pub struct NewLeadRow<'a> {
     pub created_at: i64,
 }
 
-#[derive(Debug, Queryable, Selectable)]
-#[diesel(table_name = contacts)]
+/// Also inserted as is, by a batch that took the ids ahead: NULL, not
+/// DEFAULT, for absent values, since SQLite's multi-row insert has no DEFAULT.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = contacts, treat_none_as_default_value = false)]
 pub struct ContactRow {
     pub id: i64,
     pub lead_id: i64,
@@ -85,53 +87,6 @@ pub struct ContactRow {
     pub closed_at: Option<i64>,
     pub request_id: Option<String>,
     pub lead_created: bool,
-}
-
-/// A contact whose id was taken ahead, waiting to be inserted with the rest
-/// of its batch. NULL, not DEFAULT, for absent values: SQLite's multi-row
-/// insert has no DEFAULT.
-#[derive(Debug, Clone, Insertable)]
-#[diesel(table_name = contacts, treat_none_as_default_value = false)]
-pub struct StagedContactRow {
-    pub id: i64,
-    pub lead_id: i64,
-    pub source_id: i64,
-    pub operator_id: Option<i64>,
-    pub status: i32,
-    pub created_at: i64,
-    pub assigned_at: Option<i64>,
-    pub closed_at: Option<i64>,
-    pub request_id: Option<String>,
-    pub lead_created: bool,
-}
-
-impl From<StagedContactRow> for ContactRow {
-    fn from(row: StagedContactRow) -> Self {
-        let StagedContactRow {
-            id,
-            lead_id,
-            source_id,
-            operator_id,
-            status,
-            created_at,
-            assigned_at,
-            closed_at,
-            request_id,
-            lead_created,
-        } = row;
-        Self {
-            id,
-            lead_id,
-            source_id,
-            operator_id,
-            status,
-            created_at,
-            assigned_at,
-            closed_at,
-            request_id,
-            lead_created,
-        }
-    }
 }
 
 #[derive(Debug, Insertable)]

@@ -8,7 +8,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
 };
 
-use super::models::StagedContactRow;
+use super::models::ContactRow;
 use crate::{domain::SourceKey, selector::Candidate};
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -67,7 +67,7 @@ struct LoadCache {
 #[derive(Default)]
 struct StagedContacts {
     ids: VecDeque<i64>,
-    rows: Vec<StagedContactRow>,
+    rows: Vec<ContactRow>,
     /// How many rows had been staged when the running unit began.
     unit_start: usize,
 }
@@ -185,7 +185,7 @@ pub fn reserve_contact_ids(ids: impl IntoIterator<Item = i64>) {
 
 /// Stages the contact for the batch's insert, giving it an id taken ahead;
 /// `None` (nothing staged) when no id is left.
-pub fn stage_contact(mut row: StagedContactRow) -> Option<StagedContactRow> {
+pub fn stage_contact(mut row: ContactRow) -> Option<ContactRow> {
     STATE.with(|state| {
         let contacts = &mut state.borrow_mut().contacts;
         row.id = contacts.ids.pop_front()?;
@@ -195,7 +195,7 @@ pub fn stage_contact(mut row: StagedContactRow) -> Option<StagedContactRow> {
 }
 
 /// The staged contacts, to be inserted now.
-pub fn take_staged_contacts() -> Vec<StagedContactRow> {
+pub fn take_staged_contacts() -> Vec<ContactRow> {
     STATE.with(|state| {
         let contacts = &mut state.borrow_mut().contacts;
         contacts.unit_start = 0;
@@ -361,8 +361,8 @@ mod tests {
         assert!(!loads_cached());
     }
 
-    fn contact(lead_id: i64) -> StagedContactRow {
-        StagedContactRow {
+    fn contact(lead_id: i64) -> ContactRow {
+        ContactRow {
             id: 0,
             lead_id,
             source_id: 1,
