@@ -28,6 +28,43 @@ pub enum Error {
     /// An internal fault; the cause is for the log.
     #[error("internal: {0}")]
     Internal(String),
+    /// A concurrent transaction changed a row between a unit's check and its
+    /// apply: the transaction runs again and the check sees the change.
+    #[error("conflict: {0}")]
+    Conflict(String),
+}
+
+/// What the apply phase of a write unit may fail with: a fault of the
+/// database or the service, never an answer about the request. Domain errors
+/// (NOT_FOUND, INVALID_ARGUMENT, ...) come only from the read-only check
+/// phase, so a unit that answers one has written nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum Fault {
+    #[error("database: {0}")]
+    Database(#[from] diesel::result::Error),
+    /// See [`Error::Conflict`].
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl Fault {
+    /// A row the transaction holds or wrote could not be read back: rows are
+    /// never deleted, so this is a fault of the service.
+    pub fn vanished(what: impl std::fmt::Display) -> Self {
+        Self::Internal(format!("{what} vanished"))
+    }
+}
+
+impl From<Fault> for Error {
+    fn from(fault: Fault) -> Self {
+        match fault {
+            Fault::Database(error) => Self::Database(error),
+            Fault::Conflict(what) => Self::Conflict(what),
+            Fault::Internal(what) => Self::Internal(what),
+        }
+    }
 }
 
 impl Error {
@@ -47,6 +84,7 @@ impl Error {
     pub fn is_transient_conflict(&self, retry_unique_violations: bool) -> bool {
         use diesel::result::{DatabaseErrorKind as Kind, Error as DieselError};
         match self {
+            Self::Conflict(_) => true,
             Self::Database(DieselError::DatabaseError(kind, info)) => match kind {
                 Kind::SerializationFailure => true,
                 Kind::UniqueViolation => retry_unique_violations,
@@ -69,7 +107,8 @@ impl Error {
             | Self::Database(_)
             | Self::Task(_)
             | Self::Unavailable(_)
-            | Self::Internal(_) => true,
+            | Self::Internal(_)
+            | Self::Conflict(_) => true,
         }
     }
 
@@ -86,7 +125,7 @@ impl Error {
     fn is_unavailable(&self) -> bool {
         use diesel::result::Error as DieselError;
         match self {
-            Self::Pool(_) | Self::Unavailable(_) => true,
+            Self::Pool(_) | Self::Unavailable(_) | Self::Conflict(_) => true,
             Self::Database(DieselError::DatabaseError(kind, info)) => {
                 matches!(kind, diesel::result::DatabaseErrorKind::ClosedConnection)
                     || info.message().contains("database is locked")
@@ -110,7 +149,8 @@ impl From<Error> for Status {
             | Error::Database(_)
             | Error::Task(_)
             | Error::Unavailable(_)
-            | Error::Internal(_) => {
+            | Error::Internal(_)
+            | Error::Conflict(_) => {
                 if unavailable {
                     tracing::warn!(error = %error, "database unavailable");
                     Status::new(Code::Unavailable, "the database is unavailable, try again")

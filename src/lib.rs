@@ -1,13 +1,14 @@
 //! minicrm: a gRPC lead-distribution service.
 //!
 //! Layers, outermost first: `api` (thin tonic handlers and wire conversions) →
-//! `repository` (moves each unit of work onto the blocking pool) → `db` (diesel
-//! queries over SQLite or PostgreSQL) → `domain` (validated types) and `selector`
-//! (the weighted draw, a pure function).
+//! `repository` (reads on tokio's blocking pool, writes on the group-commit
+//! writer thread) → `db` (diesel queries over SQLite or PostgreSQL, private)
+//! → `domain` (validated types) and `selector` (the weighted draw, a pure
+//! function).
 
 pub mod api;
 pub mod config;
-pub mod db;
+mod db;
 pub mod domain;
 pub mod error;
 pub mod proto;
@@ -16,4 +17,5 @@ pub mod selector;
 pub mod startup;
 pub mod telemetry;
 
+pub use db::{Backend, DatabaseUrl, StartupError};
 pub use error::{Error, Result};

@@ -1,13 +1,13 @@
-//! The async face of the storage layer. Each method is one unit of work: the
-//! pool checkout, the queries and the weighted draw all run in one closure on
-//! tokio's blocking pool, inside the caller's tracing span, never on an async
-//! worker thread.
+//! The async face of the storage layer. Reads run on tokio's blocking pool,
+//! each with a pooled connection; writes are units of work that the writer
+//! thread runs in group-committed transactions (see `db::writer`). Neither
+//! ever blocks an async worker thread.
 
 use tracing::Span;
 
 use crate::{
     Result,
-    db::{self, Backend, Database, DbConnection, OnUniqueViolation, Writer},
+    db::{self, Backend, Database, Writer, reader::Reader},
     domain::{
         Contact, ContactFilter, Lead, NewContact, NewOperator, NewSource, Operator,
         OperatorChanges, Page, PageRequest, Registration, RequestId, Source, SourceKey,
@@ -15,8 +15,11 @@ use crate::{
     },
 };
 
-/// Writer threads on PostgreSQL, each with its own connection and batches.
-const POSTGRES_WRITERS: usize = 1;
+/// Writer threads, each with its own connection and batches. One for
+/// SQLite, which takes one writer at a time anyway; one for PostgreSQL too:
+/// a second measured no faster (its transactions wait on the first's row
+/// locks), though the writer supports several.
+const WRITERS: usize = 1;
 
 #[derive(Clone)]
 pub struct Repository {
@@ -25,14 +28,9 @@ pub struct Repository {
 }
 
 impl Repository {
-    /// Starts the writer threads: one for SQLite, which has a single writer
-    /// anyway; a few for PostgreSQL.
-    pub fn new(database: Database) -> std::io::Result<Self> {
-        let threads = match database.backend() {
-            Backend::Sqlite => 1,
-            Backend::Postgres => POSTGRES_WRITERS,
-        };
-        let writer = Writer::start(database.write_pool().clone(), threads)?;
+    /// Starts the writer threads.
+    pub(crate) fn new(database: Database) -> std::io::Result<Self> {
+        let writer = Writer::start(database.write_pool().clone(), WRITERS)?;
         Ok(Self { database, writer })
     }
 
@@ -43,32 +41,20 @@ impl Repository {
     async fn read<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut DbConnection) -> Result<T> + Send + 'static,
+        F: FnOnce(&mut Reader<'_>) -> Result<T> + Send + 'static,
     {
         let pool = self.database.read_pool().clone();
         let span = Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             let mut connection = pool.get()?;
-            work(&mut connection)
+            work(&mut Reader::new(&mut connection))
         })
         .await?
     }
 
-    /// Runs `work` as one unit of a group-committed write transaction.
-    async fn write<T, F>(&self, on_unique: OnUniqueViolation, work: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: Fn(&mut DbConnection) -> Result<T> + Send + 'static,
-    {
-        self.writer.run(on_unique, work).await
-    }
-
     pub async fn create_operator(&self, new: NewOperator) -> Result<Operator> {
-        self.write(OnUniqueViolation::Fail, move |c| {
-            db::operators::create(c, &new)
-        })
-        .await
+        self.writer.run(db::operators::Create(new)).await
     }
 
     pub async fn get_operator(&self, id: i64) -> Result<Operator> {
@@ -85,17 +71,11 @@ impl Repository {
     }
 
     pub async fn update_operator(&self, id: i64, changes: OperatorChanges) -> Result<Operator> {
-        self.write(OnUniqueViolation::Fail, move |c| {
-            db::operators::update(c, id, &changes, &mut rand::rng())
-        })
-        .await
+        self.writer.run(db::operators::Update { id, changes }).await
     }
 
     pub async fn create_source(&self, new: NewSource) -> Result<Source> {
-        self.write(OnUniqueViolation::Retry, move |c| {
-            db::sources::create(c, &new)
-        })
-        .await
+        self.writer.run(db::sources::Create(new)).await
     }
 
     pub async fn get_source(&self, key: SourceKey) -> Result<Source> {
@@ -111,10 +91,9 @@ impl Repository {
         source_id: i64,
         table: WeightTable,
     ) -> Result<WeightTable> {
-        self.write(OnUniqueViolation::Fail, move |c| {
-            db::sources::set_operators(c, source_id, &table, &mut rand::rng())
-        })
-        .await
+        self.writer
+            .run(db::sources::SetOperators { source_id, table })
+            .await
     }
 
     pub async fn list_source_operators(&self, source_id: i64) -> Result<WeightTable> {
@@ -123,14 +102,12 @@ impl Repository {
     }
 
     pub async fn register_contact(&self, new: NewContact) -> Result<Registration> {
-        self.writer
-            .run_registration(move |c| db::contacts::register(c, &new, &mut rand::rng()))
-            .await
+        self.writer.run(db::contacts::Register(new)).await
     }
 
     /// The registration an earlier call made with this request id, if any.
     pub async fn find_registration(&self, request_id: RequestId) -> Result<Option<Registration>> {
-        self.read(move |c| db::contacts::find_registration(c, &request_id))
+        self.read(move |r| db::contacts::replay(r, Some(&request_id)))
             .await
     }
 
@@ -148,10 +125,7 @@ impl Repository {
     }
 
     pub async fn close_contact(&self, id: i64) -> Result<Contact> {
-        self.write(OnUniqueViolation::Fail, move |c| {
-            db::contacts::close(c, id, &mut rand::rng())
-        })
-        .await
+        self.writer.run(db::contacts::Close(id)).await
     }
 
     pub async fn get_lead(&self, id: i64) -> Result<Lead> {

@@ -6,7 +6,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 use crate::{
     api::{contacts::ContactApi, operators::OperatorApi, sources::SourceApi},
     config::Settings,
-    db::{Database, DatabaseUrl, StartupError},
+    db::{Backend, Database, DatabaseUrl, StartupError},
     proto::{
         FILE_DESCRIPTOR_SET, contact_service_server::ContactServiceServer,
         operator_service_server::OperatorServiceServer, source_service_server::SourceServiceServer,
@@ -35,7 +35,7 @@ impl Application {
         })
     }
 
-    pub fn backend(&self) -> crate::db::Backend {
+    pub fn backend(&self) -> Backend {
         self.repository.backend()
     }
 

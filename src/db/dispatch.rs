@@ -2,16 +2,14 @@
 //! serve, inside the transaction that made the capacity, so that the capacity
 //! is used up before that call answers.
 
-use super::run::RunOn;
 use std::collections::VecDeque;
 
 use diesel::prelude::*;
-use rand::Rng;
 
-use super::{DbConnection, counts, operators, schema::contacts};
+use super::{counts, loads, reader::Reader, run::RunOn, schema::contacts, tx::WriteTx};
 use crate::{
-    Result,
     domain::{ContactStatus, Timestamp},
+    error::Fault,
 };
 
 /// Matches the predicate of the `contacts_pending` partial index.
@@ -24,15 +22,11 @@ const BATCH: i64 = 16;
 /// serve), oldest first across all of them, each by the weighted draw, until
 /// none of those sources has a candidate left. The caller holds the sources'
 /// locks. Returns how many were assigned.
-pub fn pending<R: Rng + ?Sized>(
-    connection: &mut DbConnection,
-    sources: &[i64],
-    rng: &mut R,
-) -> Result<usize> {
+pub(super) fn pending(tx: &mut WriteTx<'_>, sources: &[i64]) -> Result<usize, Fault> {
     let mut queues = Vec::new();
     for &source_id in sources {
         // A full source's pending contacts need not even be read.
-        if operators::has_candidates(connection, source_id)? {
+        if loads::has_candidates(tx, source_id)? {
             queues.push(Queue {
                 source_id,
                 ids: VecDeque::new(),
@@ -44,7 +38,7 @@ pub fn pending<R: Rng + ?Sized>(
     let mut assigned = 0;
     loop {
         for queue in &mut queues {
-            queue.refill(connection)?;
+            queue.refill(&mut tx.reader())?;
         }
         queues.retain(|queue| !queue.ids.is_empty());
         // The oldest pending contact of all the sources in scope.
@@ -53,17 +47,17 @@ pub fn pending<R: Rng + ?Sized>(
         };
         let (source_id, contact_id) = (queue.source_id, queue.ids[0]);
         queue.ids.pop_front();
-        match operators::claim_for_source(connection, source_id, rng)? {
+        match loads::claim_for_source(tx, source_id)? {
             // Loads only grow within this transaction: the source stays full.
             None => queues.retain(|queue| queue.source_id != source_id),
             Some(operator_id) => {
-                if assign(connection, contact_id, operator_id)? {
-                    counts::assigned(operator_id, source_id);
-                    counts::pending(source_id, -1);
+                if assign(tx, contact_id, operator_id)? {
+                    counts::assigned(tx, operator_id, source_id);
+                    counts::pending(tx, source_id, -1);
                     assigned += 1;
                 } else {
                     // Closed or assigned by a concurrent transaction meanwhile.
-                    operators::release_slot(connection, operator_id)?;
+                    loads::release(tx, operator_id)?;
                 }
             }
         }
@@ -81,22 +75,23 @@ struct Queue {
 }
 
 impl Queue {
-    fn refill(&mut self, connection: &mut DbConnection) -> Result<()> {
+    fn refill(&mut self, reader: &mut Reader<'_>) -> QueryResult<()> {
         if !self.ids.is_empty() || !self.more {
             return Ok(());
         }
-        let ids: Vec<i64> = contacts::table
-            // A literal, not a bound value: that is what lets SQLite's planner
-            // (with stable plans) pick the partial index of pending contacts.
-            .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
-                PENDING_PREDICATE,
-            ))
-            .filter(contacts::source_id.eq(self.source_id))
-            .filter(contacts::id.gt(self.after))
-            .order(contacts::id)
-            .limit(BATCH)
-            .select(contacts::id)
-            .load_on(connection)?;
+        let ids: Vec<i64> = reader.load(
+            contacts::table
+                // A literal, not a bound value: that is what lets SQLite's planner
+                // (with stable plans) pick the partial index of pending contacts.
+                .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                    PENDING_PREDICATE,
+                ))
+                .filter(contacts::source_id.eq(self.source_id))
+                .filter(contacts::id.gt(self.after))
+                .order(contacts::id)
+                .limit(BATCH)
+                .select(contacts::id),
+        )?;
         self.more = ids.len() as i64 == BATCH;
         if let Some(&last) = ids.last() {
             self.after = last;
@@ -107,7 +102,7 @@ impl Queue {
 }
 
 /// Makes a still-pending contact ACTIVE with the operator whose slot was taken.
-fn assign(connection: &mut DbConnection, contact_id: i64, operator_id: i64) -> Result<bool> {
+fn assign(tx: &mut WriteTx<'_>, contact_id: i64, operator_id: i64) -> Result<bool, Fault> {
     let updated = diesel::update(
         contacts::table
             .find(contact_id)
@@ -118,6 +113,6 @@ fn assign(connection: &mut DbConnection, contact_id: i64, operator_id: i64) -> R
         contacts::operator_id.eq(Some(operator_id)),
         contacts::assigned_at.eq(Some(Timestamp::now().as_micros())),
     ))
-    .execute_on(connection)?;
+    .execute_on(tx.connection())?;
     Ok(updated == 1)
 }

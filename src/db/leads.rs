@@ -1,14 +1,16 @@
-use super::run::RunOn;
 use diesel::prelude::*;
 
 use super::{
-    DbConnection,
     models::{LeadRow, NewLeadRow},
+    reader::{Reader, keyset_page},
+    run::RunOn,
     schema::leads,
+    tx::WriteTx,
 };
 use crate::{
     Error, Result,
     domain::{Lead, LeadIdentity, Page, PageRequest, Timestamp},
+    error::Fault,
 };
 
 /// Finds the lead by `external_id`, then `phone`, then `email` (the first
@@ -18,20 +20,20 @@ use crate::{
 /// Two racing first registrations of one person both try to insert; the
 /// unique indexes let one through and abort the other, whose whole
 /// transaction is then retried and finds the lead.
-pub fn find_or_create(
-    connection: &mut DbConnection,
+pub(super) fn find_or_create(
+    tx: &mut WriteTx<'_>,
     identity: &LeadIdentity,
-) -> Result<(Lead, bool)> {
+) -> Result<(Lead, bool), Fault> {
     let identifiers = Identifier::of(identity);
     let mut found = None;
     for identifier in &identifiers {
-        found = holder(connection, *identifier)?;
+        found = holder(&mut tx.reader(), *identifier)?;
         if found.is_some() {
             break;
         }
     }
     match found {
-        Some(lead) => Ok((fill_in(connection, lead, &identifiers, identity)?, false)),
+        Some(lead) => Ok((fill_in(tx, lead, &identifiers, identity)?, false)),
         None => {
             let row: LeadRow = diesel::insert_into(leads::table)
                 .values(NewLeadRow {
@@ -42,7 +44,7 @@ pub fn find_or_create(
                     created_at: Timestamp::now().as_micros(),
                 })
                 .returning(leads::all_columns)
-                .get_result_on(connection)?;
+                .get_result_on(tx.connection())?;
             Ok((row.into(), true))
         }
     }
@@ -75,33 +77,32 @@ impl<'a> Identifier<'a> {
 }
 
 /// The lead holding the identifier, if any.
-fn holder(connection: &mut DbConnection, identifier: Identifier) -> Result<Option<LeadRow>> {
+fn holder(reader: &mut Reader<'_>, identifier: Identifier) -> QueryResult<Option<LeadRow>> {
     let query = leads::table.select(leads::all_columns);
     let row = match identifier {
-        Identifier::ExternalId(value) => query
-            .filter(leads::external_id.eq(value))
-            .first_on(connection),
-        Identifier::Phone(value) => query.filter(leads::phone.eq(value)).first_on(connection),
-        Identifier::Email(value) => query.filter(leads::email.eq(value)).first_on(connection),
+        Identifier::ExternalId(value) => reader.first(query.filter(leads::external_id.eq(value))),
+        Identifier::Phone(value) => reader.first(query.filter(leads::phone.eq(value))),
+        Identifier::Email(value) => reader.first(query.filter(leads::email.eq(value))),
     };
-    Ok(row.optional()?)
+    row.optional()
 }
 
 /// Gives the lead the identifiers (and the name) it lacks, unless another lead
 /// already holds them; never overwrites a value it has.
 fn fill_in(
-    connection: &mut DbConnection,
+    tx: &mut WriteTx<'_>,
     lead: LeadRow,
     identifiers: &[Identifier],
     identity: &LeadIdentity,
-) -> Result<Lead> {
+) -> Result<Lead, Fault> {
     let mut changed = false;
     for identifier in identifiers {
-        if identifier.is_held_by(&lead) || holder(connection, *identifier)?.is_some() {
+        if identifier.is_held_by(&lead) || holder(&mut tx.reader(), *identifier)?.is_some() {
             continue;
         }
         // Guarded by IS NULL: a value a concurrent call filled in first stays.
         let target = leads::table.find(lead.id);
+        let connection = tx.connection();
         match *identifier {
             Identifier::ExternalId(value) => {
                 diesel::update(target.filter(leads::external_id.is_null()))
@@ -121,39 +122,34 @@ fn fill_in(
     if lead.name.is_empty() && !name.is_empty() {
         diesel::update(leads::table.find(lead.id).filter(leads::name.eq("")))
             .set(leads::name.eq(name))
-            .execute_on(connection)?;
+            .execute_on(tx.connection())?;
         changed = true;
     }
     if changed {
-        get(connection, lead.id)
+        find(&mut tx.reader(), lead.id)?
+            .ok_or_else(|| Fault::vanished(format_args!("lead {}", lead.id)))
     } else {
         Ok(lead.into())
     }
 }
 
-pub fn get(connection: &mut DbConnection, id: i64) -> Result<Lead> {
-    leads::table
-        .find(id)
-        .select(leads::all_columns)
-        .first_on::<LeadRow>(connection)
+pub(crate) fn get(reader: &mut Reader<'_>, id: i64) -> Result<Lead> {
+    find(reader, id)?.ok_or_else(|| Error::not_found(format_args!("lead {id}")))
+}
+
+fn find(reader: &mut Reader<'_>, id: i64) -> QueryResult<Option<Lead>> {
+    Ok(reader
+        .first::<_, LeadRow>(leads::table.find(id).select(leads::all_columns))
         .optional()?
-        .map(Lead::from)
-        .ok_or_else(|| Error::not_found(format_args!("lead {id}")))
+        .map(Lead::from))
 }
 
-pub fn exists(connection: &mut DbConnection, id: i64) -> Result<bool> {
-    Ok(diesel::select(diesel::dsl::exists(leads::table.find(id))).get_result_on(connection)?)
+/// NOT_FOUND unless the lead exists.
+pub(crate) fn must_exist(reader: &mut Reader<'_>, id: i64) -> Result<()> {
+    reader.must_find(leads::table.find(id), format_args!("lead {id}"))
 }
 
-pub fn list(connection: &mut DbConnection, page: PageRequest) -> Result<Page<Lead>> {
-    let rows: Vec<Lead> = leads::table
-        .filter(leads::id.gt(page.after()))
-        .order(leads::id)
-        .limit(page.size() + 1)
-        .select(leads::all_columns)
-        .load_on::<LeadRow>(connection)?
-        .into_iter()
-        .map(Lead::from)
-        .collect();
-    Ok(page.paginate(rows, |lead| lead.id))
+pub(crate) fn list(reader: &mut Reader<'_>, page: PageRequest) -> Result<Page<Lead>> {
+    let query = leads::table.select(leads::all_columns).into_boxed();
+    Ok(keyset_page!(reader, query, leads::id, page, LeadRow => Lead)?)
 }

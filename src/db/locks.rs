@@ -19,16 +19,21 @@ use diesel::prelude::*;
 use super::{
     DbConnection,
     schema::{operators, source_operators, sources},
-    tx_state,
+    tx::WriteTx,
 };
-use crate::Result;
+use crate::error::Fault;
 
 /// Locks the sources and all their operators, unless this transaction already holds them.
-pub fn sources(connection: &mut DbConnection, source_ids: &[i64]) -> Result<()> {
-    let DbConnection::Postgres(pg) = connection else {
+pub(super) fn sources(tx: &mut WriteTx<'_>, source_ids: &[i64]) -> Result<(), Fault> {
+    let DbConnection::Postgres(pg) = &mut *tx.connection else {
         return Ok(());
     };
-    let mut wanted = tx_state::unlocked_sources(source_ids);
+    let locked = &mut tx.state.locked_sources;
+    let mut wanted: Vec<i64> = source_ids
+        .iter()
+        .copied()
+        .filter(|id| !locked.contains(id))
+        .collect();
     if wanted.is_empty() {
         return Ok(());
     }
@@ -52,27 +57,28 @@ pub fn sources(connection: &mut DbConnection, source_ids: &[i64]) -> Result<()> 
         .select(operators::id)
         .for_update()
         .load::<i64>(pg)?;
-    tx_state::sources_locked(&wanted);
+    locked.extend(wanted);
     Ok(())
 }
 
 /// Locks what a change of the operator's capacity needs: every source it
 /// serves (plus `also`, a source it may have left) with their operators, and
 /// the operator itself. Returns the sources it serves, by id.
-pub fn operator_sources(
-    connection: &mut DbConnection,
+pub(super) fn operator_sources(
+    tx: &mut WriteTx<'_>,
     operator_id: i64,
     also: Option<i64>,
-) -> Result<Vec<i64>> {
-    let served: Vec<i64> = source_operators::table
-        .filter(source_operators::operator_id.eq(operator_id))
-        .order(source_operators::source_id)
-        .select(source_operators::source_id)
-        .load(connection)?;
+) -> Result<Vec<i64>, Fault> {
+    let served: Vec<i64> = tx.reader().load(
+        source_operators::table
+            .filter(source_operators::operator_id.eq(operator_id))
+            .order(source_operators::source_id)
+            .select(source_operators::source_id),
+    )?;
     let mut wanted = served.clone();
     wanted.extend(also);
-    sources(connection, &wanted)?;
-    if let DbConnection::Postgres(pg) = connection {
+    sources(tx, &wanted)?;
+    if let DbConnection::Postgres(pg) = &mut *tx.connection {
         // Already held when it serves a source; this covers one that serves none.
         operators::table
             .find(operator_id)
@@ -85,22 +91,16 @@ pub fn operator_sources(
 
 /// Taken before a source's weight table is replaced: conflicts with the
 /// KEY SHARE lock of [`sources`] (and of every contact insert), so the change
-/// waits for those transactions and they wait for it. Returns whether the
-/// source exists.
-pub fn source_table(connection: &mut DbConnection, source_id: i64) -> Result<bool> {
-    let found = match connection {
-        DbConnection::Postgres(pg) => !sources::table
+/// waits for those transactions and they wait for it.
+pub(super) fn source_table(tx: &mut WriteTx<'_>, source_id: i64) -> Result<(), Fault> {
+    if let DbConnection::Postgres(pg) = &mut *tx.connection {
+        sources::table
             .find(source_id)
             .select(sources::id)
             .for_update()
-            .load::<i64>(pg)?
-            .is_empty(),
-        DbConnection::Sqlite(_) => {
-            diesel::select(diesel::dsl::exists(sources::table.find(source_id)))
-                .get_result(connection)?
-        }
-    };
+            .load::<i64>(pg)?;
+    }
     // Its operators change: lock the new ones when they are next needed.
-    tx_state::forget_source(source_id);
-    Ok(found)
+    tx.state.locked_sources.remove(&source_id);
+    Ok(())
 }

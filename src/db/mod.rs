@@ -1,20 +1,27 @@
-//! Storage: one diesel code path over SQLite and PostgreSQL.
+//! Storage: one diesel code path over SQLite and PostgreSQL. Private to the
+//! crate: callers go through [`crate::repository::Repository`].
+//!
+//! Reads take a [`reader::Reader`]; writes are [`units::WriteUnit`]s that the
+//! [`writer::Writer`] threads run inside a [`tx::WriteTx`].
 
 mod connection;
-pub mod contacts;
+pub(crate) mod contacts;
 mod counts;
-pub mod dispatch;
-pub mod leads;
+mod dispatch;
+pub(crate) mod leads;
+mod loads;
 mod locks;
 mod models;
-pub mod operators;
+pub(crate) mod operators;
+pub(crate) mod reader;
 mod run;
 mod schema;
-pub mod sources;
-pub mod stats;
-mod transaction;
-mod tx_state;
+pub(crate) mod sources;
+pub(crate) mod stats;
+mod tx;
+mod units;
 mod writer;
 
-pub use connection::{Backend, Database, DatabaseUrl, DbConnection, StartupError};
-pub use writer::{OnUniqueViolation, Writer};
+pub use connection::{Backend, DatabaseUrl, StartupError};
+pub(crate) use connection::{Database, DbConnection};
+pub(crate) use writer::Writer;

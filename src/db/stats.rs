@@ -1,7 +1,7 @@
 use diesel::prelude::*;
 
 use super::{
-    DbConnection,
+    reader::Reader,
     schema::{contact_counts, pending_counts},
 };
 use crate::{
@@ -11,23 +11,25 @@ use crate::{
 
 /// Contact counts per (operator, source) pair and pending counts per source,
 /// read from the counters: the cost grows with the pairs, not the contacts.
-pub fn report(connection: &mut DbConnection) -> Result<StatsReport> {
-    let rows: Vec<(i64, i64, i64, i64, i64)> = contact_counts::table
-        .filter(contact_counts::total.gt(0))
-        .order((contact_counts::operator_id, contact_counts::source_id))
-        .select((
-            contact_counts::operator_id,
-            contact_counts::source_id,
-            contact_counts::active,
-            contact_counts::closed,
-            contact_counts::total,
-        ))
-        .load(connection)?;
-    let pending: Vec<(i64, i64)> = pending_counts::table
-        .filter(pending_counts::pending.gt(0))
-        .order(pending_counts::source_id)
-        .select((pending_counts::source_id, pending_counts::pending))
-        .load(connection)?;
+pub(crate) fn report(reader: &mut Reader<'_>) -> Result<StatsReport> {
+    let rows: Vec<(i64, i64, i64, i64, i64)> = reader.load(
+        contact_counts::table
+            .filter(contact_counts::total.gt(0))
+            .order((contact_counts::operator_id, contact_counts::source_id))
+            .select((
+                contact_counts::operator_id,
+                contact_counts::source_id,
+                contact_counts::active,
+                contact_counts::closed,
+                contact_counts::total,
+            )),
+    )?;
+    let pending: Vec<(i64, i64)> = reader.load(
+        pending_counts::table
+            .filter(pending_counts::pending.gt(0))
+            .order(pending_counts::source_id)
+            .select((pending_counts::source_id, pending_counts::pending)),
+    )?;
     Ok(StatsReport {
         rows: rows
             .into_iter()

@@ -1,7 +1,8 @@
-//! Group commit. Writer threads take every unit of work that has queued up,
-//! run each in its own savepoint inside one transaction, commit once, and only
-//! then answer each caller. A commit costs about as much for one unit as for a
-//! hundred, and callers pay no hand-off to tokio's blocking pool.
+//! Group commit. A writer thread takes every unit of work that has queued
+//! up, runs them one after the other in one transaction (see [`Mode`]),
+//! commits once, and only then answers each caller. A commit costs about as
+//! much for one unit as for a hundred, and callers pay no hand-off to tokio's
+//! blocking pool.
 
 use std::{
     sync::{
@@ -14,7 +15,12 @@ use std::{
 use tokio::sync::oneshot;
 use tracing::Span;
 
-use super::{DbConnection, connection::Pool, contacts, transaction};
+use super::{
+    DbConnection,
+    connection::Pool,
+    tx::{Mode, WriteTx, WriterMemory},
+    units::{self, OnUniqueViolation, WriteUnit},
+};
 use crate::{Error, Result};
 
 /// The most units one transaction takes: bounds the latency a full batch adds.
@@ -23,18 +29,10 @@ const MAX_BATCH: usize = 128;
 /// serialization failure, a unique index two transactions raced for).
 const MAX_ATTEMPTS: u32 = 16;
 
-/// Whether a unique violation means "a concurrent transaction inserted the
-/// same row first: run again and find it" rather than a conflict to report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OnUniqueViolation {
-    Fail,
-    Retry,
-}
-
 /// The handle to the writer threads; they stop when every handle is dropped,
 /// after finishing what was queued.
 #[derive(Clone)]
-pub struct Writer {
+pub(crate) struct Writer {
     queue: Sender<Box<dyn Job>>,
 }
 
@@ -52,46 +50,17 @@ impl Writer {
         Ok(Self { queue })
     }
 
-    /// Runs `work` in a write transaction and answers once it is committed.
-    pub async fn run<T, F>(&self, on_unique: OnUniqueViolation, work: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: Fn(&mut DbConnection) -> Result<T> + Send + 'static,
-    {
-        self.submit(on_unique, false, work).await
-    }
-
-    /// Like [`Writer::run`] for a registration: it may stage one contact for
-    /// the batch's multi-row insert, with an id the batch takes ahead.
-    pub async fn run_registration<T, F>(&self, work: F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: Fn(&mut DbConnection) -> Result<T> + Send + 'static,
-    {
-        self.submit(OnUniqueViolation::Retry, true, work).await
-    }
-
-    async fn submit<T, F>(
-        &self,
-        on_unique: OnUniqueViolation,
-        registers: bool,
-        work: F,
-    ) -> Result<T>
-    where
-        T: Send + 'static,
-        F: Fn(&mut DbConnection) -> Result<T> + Send + 'static,
-    {
+    /// Runs the unit in a write transaction and answers once it is committed.
+    pub(crate) async fn run<U: WriteUnit>(&self, unit: U) -> Result<U::Output> {
         let (reply, answer) = oneshot::channel();
-        let unit = Unit {
-            work,
-            registers,
+        let job = Queued {
+            unit,
             span: Span::current(),
-            retry_unique: on_unique == OnUniqueViolation::Retry,
             outcome: None,
             reply,
         };
         self.queue
-            .send(Box::new(unit))
+            .send(Box::new(job))
             .map_err(|_| Error::Unavailable("the writer has stopped".into()))?;
         answer
             .await
@@ -99,56 +68,35 @@ impl Writer {
     }
 }
 
-/// How the units of a transaction are run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// One after the other, with nothing in between: the fast path. A unit
-    /// that answers with a domain error (NOT_FOUND, INVALID_ARGUMENT...) has
-    /// written nothing, by the construction of every unit; a database error
-    /// may have left partial writes (or, on PostgreSQL, an aborted
-    /// transaction), so the whole batch then runs again in `Savepoints` mode.
-    Direct,
-    /// Each unit in its own savepoint, so that a failing unit undoes only its
-    /// own writes.
-    Savepoints,
-}
-
+/// A queued unit, its caller's span and its reply channel, with the unit's
+/// type erased so that one batch can hold units of every kind.
 trait Job: Send {
     /// Runs the unit. `Err` means the whole transaction must roll back and
     /// run again: a conflict with a concurrent transaction, or (in `Direct`
-    /// mode) any database error.
-    fn run(&mut self, connection: &mut DbConnection, mode: Mode) -> Result<(), Error>;
+    /// mode) any fault.
+    fn run(&mut self, tx: &mut WriteTx<'_>) -> Result<(), Error>;
 
     /// Answers the caller: the unit's own outcome if the transaction committed.
     fn finish(self: Box<Self>, committed: Result<(), &Error>);
 
-    /// Whether the unit is a registration, which may stage a contact.
-    fn registers(&self) -> bool;
+    /// See [`WriteUnit::STAGES_CONTACTS`].
+    fn stages_contacts(&self) -> bool;
 }
 
-struct Unit<T, F> {
-    work: F,
-    registers: bool,
+struct Queued<U: WriteUnit> {
+    unit: U,
     span: Span,
-    retry_unique: bool,
-    outcome: Option<Result<T>>,
-    reply: oneshot::Sender<Result<T>>,
+    outcome: Option<Result<U::Output>>,
+    reply: oneshot::Sender<Result<U::Output>>,
 }
 
-impl<T, F> Job for Unit<T, F>
-where
-    T: Send,
-    F: Fn(&mut DbConnection) -> Result<T> + Send,
-{
-    fn run(&mut self, connection: &mut DbConnection, mode: Mode) -> Result<(), Error> {
+impl<U: WriteUnit> Job for Queued<U> {
+    fn run(&mut self, tx: &mut WriteTx<'_>) -> Result<(), Error> {
         let _entered = self.span.enter();
-        let outcome = match mode {
-            Mode::Direct => transaction::direct_unit(connection, &self.work),
-            Mode::Savepoints => transaction::unit(connection, &self.work),
-        };
-        match outcome {
-            Err(error) if error.is_transient_conflict(self.retry_unique) => Err(error),
-            Err(error) if mode == Mode::Direct && error.is_fault() => Err(error),
+        let retry_unique = U::ON_UNIQUE_VIOLATION == OnUniqueViolation::Retry;
+        match units::run(tx, &self.unit) {
+            Err(error) if error.is_transient_conflict(retry_unique) => Err(error),
+            Err(error) if tx.mode() == Mode::Direct && error.is_fault() => Err(error),
             outcome => {
                 self.outcome = Some(outcome);
                 Ok(())
@@ -156,8 +104,8 @@ where
         }
     }
 
-    fn registers(&self) -> bool {
-        self.registers
+    fn stages_contacts(&self) -> bool {
+        U::STAGES_CONTACTS
     }
 
     fn finish(self: Box<Self>, committed: Result<(), &Error>) {
@@ -172,10 +120,12 @@ where
 }
 
 fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
+    let mut memory = WriterMemory::default();
+    let mut rng = rand::rng();
     while let Some(mut batch) = next_batch(receiver) {
         let started = std::time::Instant::now();
         let committed = match pool.get() {
-            Ok(mut connection) => run_batch(&mut connection, &mut batch),
+            Ok(mut connection) => run_batch(&mut connection, &mut memory, &mut rng, &mut batch),
             Err(error) => Err(Error::Pool(error)),
         };
         tracing::trace!(
@@ -209,27 +159,31 @@ fn next_batch(receiver: &Mutex<Receiver<Box<dyn Job>>>) -> Option<Vec<Box<dyn Jo
     Some(batch)
 }
 
-fn run_batch(connection: &mut DbConnection, batch: &mut [Box<dyn Job>]) -> Result<()> {
+fn run_batch(
+    connection: &mut DbConnection,
+    memory: &mut WriterMemory,
+    rng: &mut dyn rand::RngCore,
+    batch: &mut [Box<dyn Job>],
+) -> Result<()> {
     let mut attempt = 0;
     let mut mode = Mode::Direct;
     loop {
         attempt += 1;
-        transaction::begin(connection, mode == Mode::Direct)?;
-        let failure = match run_units(connection, batch, mode) {
-            Err(failure) => failure,
-            Ok(()) => match transaction::commit(connection) {
+        let mut tx = WriteTx::begin(connection, mode, memory, rng)?;
+        let failure = match run_units(&mut tx, batch) {
+            Err(failure) => {
+                tx.rollback();
+                failure
+            }
+            Ok(()) => match tx.commit() {
                 Ok(()) => return Ok(()),
                 // Writing the staged contacts, cached loads or counters
-                // failed, or COMMIT did: nothing is committed, and the careful
-                // mode may get through.
+                // failed, or COMMIT did: nothing is committed, and
+                // `Savepoints` mode may get through.
                 Err(error) if mode == Mode::Direct => error,
-                Err(error) => {
-                    transaction::rollback(connection);
-                    return Err(error);
-                }
+                Err(error) => return Err(error),
             },
         };
-        transaction::rollback(connection);
         if attempt >= MAX_ATTEMPTS {
             return Err(failure);
         }
@@ -243,17 +197,11 @@ fn run_batch(connection: &mut DbConnection, batch: &mut [Box<dyn Job>]) -> Resul
 }
 
 /// Runs the units in order. `Err`: the transaction must roll back.
-fn run_units(connection: &mut DbConnection, batch: &mut [Box<dyn Job>], mode: Mode) -> Result<()> {
-    if mode == Mode::Direct {
-        let registrations = batch.iter().filter(|job| job.registers()).count();
-        contacts::reserve_ids(connection, registrations)?;
-    }
+fn run_units(tx: &mut WriteTx<'_>, batch: &mut [Box<dyn Job>]) -> Result<()> {
+    let staging = batch.iter().filter(|job| job.stages_contacts()).count();
+    tx.reserve_contact_ids(staging)?;
     for job in batch.iter_mut() {
-        if mode == Mode::Direct && !job.registers() {
-            // Other units read contacts: they must see the staged ones.
-            contacts::flush_staged(connection)?;
-        }
-        job.run(connection, mode)?;
+        job.run(tx)?;
     }
     Ok(())
 }

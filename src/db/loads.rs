@@ -1,0 +1,282 @@
+//! Operator loads: the draw of an operator for a contact, and every change of
+//! an `active_load`. All of them are here, in one place, so the invariant
+//! (`active_load` never passes `max_load` through a draw, never drops below
+//! zero, and equals the operator's ACTIVE contacts) has one home; both
+//! directions are guarded in SQL.
+//!
+//! In `Direct` mode the rows of the operators the transaction has locked
+//! (on SQLite: reads as the only writer) are cached: drawn from and changed
+//! in memory, written once at commit. Statements that change operator rows
+//! or weight tables get their connection from [`WriteTx::operator_tables`],
+//! which writes and drops this cache first.
+
+use std::collections::{BTreeMap, HashMap};
+
+use diesel::prelude::*;
+
+use super::{
+    DbConnection, locks,
+    reader::Reader,
+    run::RunOn,
+    schema::{operators, source_operators},
+    tx::{Mode, WriteTx},
+};
+use crate::{
+    error::Fault,
+    selector::{Candidate, draw_until_taken},
+};
+
+#[derive(Debug, Clone, Default)]
+pub(super) enum Loads {
+    /// Every change goes straight to SQL (`Savepoints` mode).
+    #[default]
+    Written,
+    Cached(LoadCache),
+}
+
+impl Loads {
+    pub(super) fn for_mode(mode: Mode) -> Self {
+        match mode {
+            Mode::Direct => Self::Cached(LoadCache::default()),
+            Mode::Savepoints => Self::Written,
+        }
+    }
+}
+
+/// An operator row as this transaction sees it, its load changes included.
+#[derive(Debug, Clone, Copy)]
+struct OperatorLoad {
+    is_active: bool,
+    max_load: i32,
+    active_load: i32,
+}
+
+impl OperatorLoad {
+    fn has_room(self) -> bool {
+        self.is_active && self.active_load < self.max_load
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub(super) struct LoadCache {
+    operators: HashMap<i64, OperatorLoad>,
+    /// Weight tables by source, ordered by operator id.
+    tables: HashMap<i64, Vec<(i64, u32)>>,
+    /// Load changes not written yet, by operator.
+    changes: BTreeMap<i64, i32>,
+}
+
+impl LoadCache {
+    fn candidates(&self, source_id: i64) -> Option<Vec<Candidate>> {
+        let table = self.tables.get(&source_id)?;
+        Some(
+            table
+                .iter()
+                .filter(|(operator_id, _)| {
+                    self.operators
+                        .get(operator_id)
+                        .is_some_and(|load| load.has_room())
+                })
+                .map(|&(operator_id, weight)| Candidate {
+                    operator_id,
+                    weight,
+                })
+                .collect(),
+        )
+    }
+
+    fn take(&mut self, operator_id: i64) -> bool {
+        match self.operators.get_mut(&operator_id) {
+            Some(load) if load.has_room() => {
+                load.active_load += 1;
+                *self.changes.entry(operator_id).or_default() += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// `false` when the operator is not cached: the caller writes it.
+    fn release(&mut self, operator_id: i64) -> bool {
+        match self.operators.get_mut(&operator_id) {
+            Some(load) => {
+                load.active_load -= 1;
+                *self.changes.entry(operator_id).or_default() -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The operators of the source's weight table that can take a contact now.
+pub(super) fn candidates(reader: &mut Reader<'_>, source_id: i64) -> QueryResult<Vec<Candidate>> {
+    let rows: Vec<(i64, i32)> = reader.load(
+        source_operators::table
+            .inner_join(operators::table)
+            .filter(source_operators::source_id.eq(source_id))
+            .filter(operators::is_active.eq(true))
+            .filter(operators::active_load.lt(operators::max_load))
+            .order(operators::id)
+            .select((operators::id, source_operators::weight)),
+    )?;
+    Ok(rows
+        .into_iter()
+        .map(|(operator_id, weight)| Candidate {
+            operator_id,
+            // The schema keeps weights within 1..=1_000_000.
+            weight: weight.unsigned_abs(),
+        })
+        .collect())
+}
+
+/// The source's candidates now, after taking the source's locks.
+fn current_candidates(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Vec<Candidate>, Fault> {
+    locks::sources(tx, &[source_id])?;
+    let cached = match &tx.state.loads {
+        Loads::Written => return Ok(candidates(&mut tx.reader(), source_id)?),
+        Loads::Cached(cache) => cache.candidates(source_id),
+    };
+    match cached {
+        Some(candidates) => Ok(candidates),
+        None => cache_source(tx, source_id),
+    }
+}
+
+/// Draws an operator for a contact of the source (weighted, among those
+/// with room) and takes one unit of its load; one that filled up meanwhile
+/// is excluded and the draw repeats. `None`: nobody can take it.
+pub(super) fn claim_for_source(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Option<i64>, Fault> {
+    let candidates = current_candidates(tx, source_id)?;
+    let WriteTx {
+        connection,
+        state,
+        rng,
+        ..
+    } = tx;
+    match &mut state.loads {
+        Loads::Cached(cache) => draw_until_taken(candidates, *rng, |operator_id| {
+            Ok::<_, Fault>(cache.take(operator_id))
+        }),
+        Loads::Written => draw_until_taken(candidates, *rng, |operator_id| {
+            take_slot(connection, operator_id)
+        }),
+    }
+}
+
+/// Whether any operator of the source could take a contact now.
+pub(super) fn has_candidates(tx: &mut WriteTx<'_>, source_id: i64) -> Result<bool, Fault> {
+    Ok(!current_candidates(tx, source_id)?.is_empty())
+}
+
+/// Takes one unit of the operator's load if it is active and below its
+/// limit. On PostgreSQL the update waits for a concurrent writer of the row
+/// and re-checks the guard on the row it committed.
+fn take_slot(connection: &mut DbConnection, operator_id: i64) -> Result<bool, Fault> {
+    let taken = diesel::update(
+        operators::table
+            .find(operator_id)
+            .filter(operators::is_active.eq(true))
+            .filter(operators::active_load.lt(operators::max_load)),
+    )
+    .set(operators::active_load.eq(operators::active_load + 1))
+    .execute_on(connection)?;
+    Ok(taken == 1)
+}
+
+/// Gives back one unit of the operator's load.
+pub(super) fn release(tx: &mut WriteTx<'_>, operator_id: i64) -> Result<(), Fault> {
+    if let Loads::Cached(cache) = &mut tx.state.loads
+        && cache.release(operator_id)
+    {
+        return Ok(());
+    }
+    write_change(tx.connection, operator_id, -1)
+}
+
+/// Reads the source's weight table and its operators' rows into the cache
+/// and returns the candidates. The caller holds the source's locks, so the
+/// rows cannot change under the cache until commit. Rows already cached are
+/// kept: they hold load changes not written yet.
+fn cache_source(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Vec<Candidate>, Fault> {
+    let mut reader = tx.reader();
+    let table: Vec<(i64, i32)> = reader.load(
+        source_operators::table
+            .filter(source_operators::source_id.eq(source_id))
+            .order(source_operators::operator_id)
+            .select((source_operators::operator_id, source_operators::weight)),
+    )?;
+    let ids: Vec<i64> = table.iter().map(|(operator_id, _)| *operator_id).collect();
+    let rows: Vec<(i64, bool, i32, i32)> =
+        reader.load(operators::table.filter(operators::id.eq_any(&ids)).select((
+            operators::id,
+            operators::is_active,
+            operators::max_load,
+            operators::active_load,
+        )))?;
+    let Loads::Cached(cache) = &mut tx.state.loads else {
+        return Err(Fault::Internal("no load cache in this mode".into()));
+    };
+    for (id, is_active, max_load, active_load) in rows {
+        cache.operators.entry(id).or_insert(OperatorLoad {
+            is_active,
+            max_load,
+            active_load,
+        });
+    }
+    cache.tables.insert(
+        source_id,
+        table
+            .into_iter()
+            .map(|(operator_id, weight)| (operator_id, weight.unsigned_abs()))
+            .collect(),
+    );
+    Ok(cache.candidates(source_id).unwrap_or_default())
+}
+
+/// Writes the load changes made in memory and empties the cache: at commit,
+/// and before a statement that changes operators or weight tables.
+pub(super) fn flush(tx: &mut WriteTx<'_>) -> Result<(), Fault> {
+    let Loads::Cached(cache) = &mut tx.state.loads else {
+        return Ok(());
+    };
+    let changes = std::mem::take(&mut cache.changes);
+    cache.operators.clear();
+    cache.tables.clear();
+    for (operator_id, delta) in changes {
+        write_change(tx.connection, operator_id, delta)?;
+    }
+    Ok(())
+}
+
+/// Moves the operator's load by `delta`, guarded in SQL both ways: a growth
+/// only for an active operator and up to `max_load`, a drop never below
+/// zero. A guard that stops the statement means the transaction's view of
+/// the loads was wrong; the transaction fails rather than break the
+/// invariant.
+fn write_change(connection: &mut DbConnection, operator_id: i64, delta: i32) -> Result<(), Fault> {
+    let target = operators::table.find(operator_id);
+    let set = operators::active_load.eq(operators::active_load + delta);
+    let written = match delta.cmp(&0) {
+        std::cmp::Ordering::Equal => return Ok(()),
+        std::cmp::Ordering::Greater => diesel::update(
+            target
+                .filter(operators::is_active.eq(true))
+                .filter((operators::active_load + delta).le(operators::max_load)),
+        )
+        .set(set)
+        .execute_on(connection)?,
+        std::cmp::Ordering::Less => {
+            diesel::update(target.filter((operators::active_load + delta).ge(0)))
+                .set(set)
+                .execute_on(connection)?
+        }
+    };
+    if written == 1 {
+        Ok(())
+    } else {
+        Err(Fault::Internal(format!(
+            "operator {operator_id}: its load cannot move by {delta}"
+        )))
+    }
+}

@@ -1,0 +1,259 @@
+//! The write transaction, as a value: [`WriteTx`] is the connection of a
+//! writer thread's open transaction together with everything that
+//! transaction has done so far and will write just before it commits. Every
+//! write-path function takes it; reads take a [`Reader`] instead.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+
+use diesel::{
+    Connection,
+    connection::{AnsiTransactionManager, TransactionManager},
+};
+use rand::RngCore;
+
+use super::{
+    DbConnection, counts, loads, models::ContactRow, reader::Reader, run::RunOn, schema::contacts,
+};
+use crate::{Result, domain::SourceKey, error::Fault};
+
+type MultiTransactionManager = <DbConnection as Connection>::TransactionManager;
+
+/// How the units of a write transaction run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// One after the other with nothing in between: the fast path. Operator
+    /// loads are drawn and changed in memory and written at commit, and
+    /// registrations stage their contacts for one multi-row insert. Any
+    /// fault fails the whole transaction, which then runs again in
+    /// `Savepoints` mode.
+    Direct,
+    /// Each unit in its own savepoint, so that a unit whose apply fails with
+    /// a fault undoes only its own writes and the others still commit.
+    /// Nothing is cached or staged: a savepoint rollback would release locks
+    /// (and forget rows) behind a cache's back.
+    Savepoints,
+}
+
+/// What a writer thread keeps from one transaction to the next.
+#[derive(Debug, Default)]
+pub(crate) struct WriterMemory {
+    /// Source ids by key, as committed transactions saw them. Sources are
+    /// never deleted and their keys never change, so an entry stays true; the
+    /// map is emptied on rollback, in case the source was created by the
+    /// transaction rolled back. A writer serves one database.
+    sources: HashMap<SourceKey, i64>,
+}
+
+impl WriterMemory {
+    pub(super) fn source_id(&self, key: &SourceKey) -> Option<i64> {
+        self.sources.get(key).copied()
+    }
+
+    pub(super) fn remember_source(&mut self, key: &SourceKey, id: i64) {
+        self.sources.insert(key.clone(), id);
+    }
+}
+
+/// What the transaction has done that is not written yet, and the locks it
+/// holds. Cloned as a snapshot before each unit in `Savepoints` mode (where
+/// it is small: nothing is cached or staged), restored if the unit fails.
+#[derive(Debug, Default, Clone)]
+pub(super) struct TxState {
+    pub(super) counters: counts::Deltas,
+    /// PostgreSQL: sources whose rows and operators this transaction has
+    /// locked (see [`super::locks`]).
+    pub(super) locked_sources: BTreeSet<i64>,
+    pub(super) loads: loads::Loads,
+    staged: StagedContacts,
+}
+
+/// Contacts of the batch's registrations, inserted together at commit
+/// (`Direct` mode), with ids taken ahead.
+#[derive(Debug, Default, Clone)]
+struct StagedContacts {
+    ids: VecDeque<i64>,
+    rows: Vec<ContactRow>,
+}
+
+/// An open write transaction.
+pub(crate) struct WriteTx<'t> {
+    pub(super) connection: &'t mut DbConnection,
+    mode: Mode,
+    pub(super) state: TxState,
+    pub(super) memory: &'t mut WriterMemory,
+    pub(super) rng: &'t mut dyn RngCore,
+}
+
+impl<'t> WriteTx<'t> {
+    /// Starts a transaction that is ready to write from its first statement.
+    /// On SQLite that is `BEGIN IMMEDIATE`: a deferred transaction that read
+    /// first could fail to upgrade to a writer when another connection
+    /// committed in between.
+    pub(crate) fn begin(
+        connection: &'t mut DbConnection,
+        mode: Mode,
+        memory: &'t mut WriterMemory,
+        rng: &'t mut dyn RngCore,
+    ) -> Result<Self> {
+        match connection {
+            DbConnection::Sqlite(sqlite) => {
+                AnsiTransactionManager::begin_transaction_sql(sqlite, "BEGIN IMMEDIATE")?;
+            }
+            DbConnection::Postgres(_) => MultiTransactionManager::begin_transaction(connection)?,
+        }
+        let state = TxState {
+            loads: loads::Loads::for_mode(mode),
+            ..TxState::default()
+        };
+        Ok(Self {
+            connection,
+            mode,
+            state,
+            memory,
+            rng,
+        })
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// Writes what is staged and cached (contacts, operator loads, counters:
+    /// counters last, see [`super::locks`]), then commits. On failure the
+    /// transaction is rolled back.
+    pub(crate) fn commit(mut self) -> Result<()> {
+        let written = self
+            .flush_staged()
+            .and_then(|()| loads::flush(&mut self))
+            .and_then(|()| counts::flush(&mut self))
+            .map_err(crate::Error::from)
+            .and_then(|()| {
+                Ok(MultiTransactionManager::commit_transaction(
+                    self.connection,
+                )?)
+            });
+        if written.is_err() {
+            self.rollback();
+        }
+        written
+    }
+
+    pub(crate) fn rollback(self) {
+        if let Err(error) = MultiTransactionManager::rollback_transaction(self.connection) {
+            tracing::warn!(%error, "rollback failed");
+        }
+        // A source remembered during this transaction may have been created by it.
+        self.memory.sources.clear();
+    }
+
+    /// The connection, for statements on contacts, leads, sources and
+    /// counters. Statements that change operators or weight tables go through
+    /// [`WriteTx::operator_tables`] instead.
+    pub(super) fn connection(&mut self) -> &mut DbConnection {
+        self.connection
+    }
+
+    /// The connection for statements that change operator rows or weight
+    /// tables: the cached operator loads are written and dropped first, so
+    /// that no later draw uses rows the statement changed.
+    pub(super) fn operator_tables(&mut self) -> Result<&mut DbConnection, Fault> {
+        self.write_loads()?;
+        Ok(self.connection)
+    }
+
+    /// Writes the operator loads cached so far (and drops the cache), so
+    /// that reads of operator rows see them.
+    pub(super) fn write_loads(&mut self) -> Result<(), Fault> {
+        loads::flush(self)
+    }
+
+    pub(super) fn reader(&mut self) -> Reader<'_> {
+        Reader::new(self.connection)
+    }
+
+    /// Runs one unit of work. In `Savepoints` mode it runs in a savepoint and
+    /// a failure undoes its writes and its changes to this transaction's
+    /// state; in `Direct` mode a failure fails the transaction.
+    pub(super) fn unit<T>(&mut self, work: impl FnOnce(&mut Self) -> Result<T>) -> Result<T> {
+        match self.mode {
+            Mode::Direct => work(self),
+            Mode::Savepoints => {
+                let snapshot = self.state.clone();
+                MultiTransactionManager::begin_transaction(self.connection)?;
+                match work(self) {
+                    Ok(outcome) => {
+                        MultiTransactionManager::commit_transaction(self.connection)?;
+                        Ok(outcome)
+                    }
+                    Err(error) => {
+                        MultiTransactionManager::rollback_transaction(self.connection)?;
+                        self.state = snapshot;
+                        Err(error)
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes `count` contact ids ahead for the batch's registrations
+    /// (`Direct` mode only). On SQLite the writer holds the only write lock,
+    /// so the ids after the largest one are free; on PostgreSQL they come
+    /// from the sequence.
+    pub(crate) fn reserve_contact_ids(&mut self, count: usize) -> Result<()> {
+        if count == 0 || self.mode != Mode::Direct {
+            return Ok(());
+        }
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let ids = &mut self.state.staged.ids;
+        match &mut *self.connection {
+            DbConnection::Postgres(pg) => {
+                let taken: Vec<Id> = diesel::RunQueryDsl::load(
+                    diesel::sql_query(
+                        "SELECT nextval(pg_get_serial_sequence('contacts', 'id')) AS id \
+                         FROM generate_series(1, $1)",
+                    )
+                    .bind::<diesel::sql_types::BigInt, _>(count),
+                    pg,
+                )?;
+                ids.extend(taken.into_iter().map(|row| row.id));
+            }
+            DbConnection::Sqlite(_) => {
+                use diesel::QueryDsl;
+                let largest: Option<i64> = contacts::table
+                    .select(diesel::dsl::max(contacts::id))
+                    .get_result_on(self.connection)?;
+                let first = largest.unwrap_or(0) + 1;
+                ids.extend(first..first + count);
+            }
+        }
+        Ok(())
+    }
+
+    /// Stages the contact for the batch's insert with an id taken ahead;
+    /// `None` (nothing staged) when no id is left, and always in
+    /// `Savepoints` mode.
+    pub(super) fn stage_contact(&mut self, mut row: ContactRow) -> Option<ContactRow> {
+        let staged = &mut self.state.staged;
+        row.id = staged.ids.pop_front()?;
+        staged.rows.push(row.clone());
+        Some(row)
+    }
+
+    /// Inserts the contacts staged so far, in one statement. Runs before any
+    /// unit that does not stage contacts, since such units read contacts.
+    pub(crate) fn flush_staged(&mut self) -> Result<(), Fault> {
+        let rows = std::mem::take(&mut self.state.staged.rows);
+        if !rows.is_empty() {
+            diesel::insert_into(contacts::table)
+                .values(&rows)
+                .execute_on(self.connection)?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(diesel::QueryableByName)]
+struct Id {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    id: i64,
+}
