@@ -280,3 +280,48 @@ fn write_change(connection: &mut DbConnection, operator_id: i64, delta: i32) -> 
         )))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(rows: &[(i64, i32, i32)], table: &[(i64, u32)]) -> LoadCache {
+        let mut cache = LoadCache::default();
+        for &(id, active_load, max_load) in rows {
+            cache.operators.insert(
+                id,
+                OperatorLoad {
+                    is_active: true,
+                    max_load,
+                    active_load,
+                },
+            );
+        }
+        cache.tables.insert(7, table.to_vec());
+        cache
+    }
+
+    fn ids(candidates: Option<Vec<Candidate>>) -> Vec<i64> {
+        candidates
+            .expect("cached")
+            .iter()
+            .map(|c| c.operator_id)
+            .collect()
+    }
+
+    #[test]
+    fn cached_loads_never_pass_the_limit_and_changes_are_summed() {
+        let mut cache = cache(&[(1, 1, 2), (2, 0, 0)], &[(1, 10), (2, 5)]);
+        assert_eq!(ids(cache.candidates(7)), [1], "operator 2 takes nothing");
+        assert!(cache.take(1));
+        assert!(!cache.take(1), "operator 1 is full");
+        assert!(!cache.take(2), "operator 2 takes nothing");
+        assert!(!cache.take(3), "operator 3 is not cached");
+        assert!(ids(cache.candidates(7)).is_empty());
+        assert!(cache.release(1));
+        assert_eq!(ids(cache.candidates(7)), [1]);
+        assert!(!cache.release(3), "not cached: the caller writes it");
+        assert_eq!(cache.changes.get(&1), Some(&0), "+1 then -1");
+        assert!(cache.candidates(8).is_none(), "source 8 is not cached");
+    }
+}

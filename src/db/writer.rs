@@ -125,7 +125,13 @@ fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
     while let Some(mut batch) = next_batch(receiver) {
         let started = std::time::Instant::now();
         let committed = match pool.get() {
-            Ok(mut connection) => run_batch(&mut connection, &mut memory, &mut rng, &mut batch),
+            Ok(mut connection) => run_batch(
+                &mut connection,
+                &mut memory,
+                &mut rng,
+                &mut batch,
+                Mode::Direct,
+            ),
             Err(error) => Err(Error::Pool(error)),
         };
         tracing::trace!(
@@ -159,14 +165,16 @@ fn next_batch(receiver: &Mutex<Receiver<Box<dyn Job>>>) -> Option<Vec<Box<dyn Jo
     Some(batch)
 }
 
+/// Runs the batch in one transaction, first in `mode` (the writer starts in
+/// `Direct`); after a failure, again in `Savepoints` mode.
 fn run_batch(
     connection: &mut DbConnection,
     memory: &mut WriterMemory,
     rng: &mut dyn rand::RngCore,
     batch: &mut [Box<dyn Job>],
+    mut mode: Mode,
 ) -> Result<()> {
     let mut attempt = 0;
-    let mut mode = Mode::Direct;
     loop {
         attempt += 1;
         let mut tx = WriteTx::begin(connection, mode, memory, rng)?;
@@ -211,4 +219,176 @@ fn run_units(tx: &mut WriteTx<'_>, batch: &mut [Box<dyn Job>]) -> Result<()> {
 fn backoff(attempt: u32) -> Duration {
     let ceiling_micros = 200u64 << attempt.min(6);
     Duration::from_micros(rand::random_range(0..ceiling_micros))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        db::{Database, DatabaseUrl, contacts, leads, operators, reader::Reader, sources, stats},
+        domain::{
+            BotId, ContactFilter, ContactStatus, LeadIdentity, LeadName, MaxLoad, NewContact,
+            NewOperator, NewSource, OperatorName, PageRequest, Phone, SourceKey, SourceName,
+            WeightTable,
+        },
+    };
+
+    type Answer<U> = oneshot::Receiver<Result<<U as WriteUnit>::Output>>;
+
+    fn job<U: WriteUnit>(unit: U) -> (Box<dyn Job>, Answer<U>) {
+        let (reply, answer) = oneshot::channel();
+        let job = Queued {
+            unit,
+            span: Span::none(),
+            outcome: None,
+            reply,
+        };
+        (Box::new(job), answer)
+    }
+
+    /// Runs the jobs as one batch, as the writer thread does, starting in `mode`.
+    fn run_as_batch(database: &Database, mode: Mode, mut batch: Vec<Box<dyn Job>>) {
+        let mut connection = database.write_pool().get().expect("connection");
+        let committed = run_batch(
+            &mut connection,
+            &mut WriterMemory::default(),
+            &mut rand::rng(),
+            &mut batch,
+            mode,
+        );
+        for job in batch {
+            job.finish(committed.as_ref().map(|_| ()));
+        }
+    }
+
+    fn answer<U: WriteUnit>(mut answer: Answer<U>) -> Result<U::Output> {
+        answer.try_recv().expect("the unit was answered")
+    }
+
+    fn run_one<U: WriteUnit>(database: &Database, unit: U) -> U::Output {
+        let (job, reply) = job(unit);
+        run_as_batch(database, Mode::Direct, vec![job]);
+        answer::<U>(reply).expect("the unit succeeds")
+    }
+
+    /// One source (id 1) served by one operator with room for 5.
+    fn seeded(dir: &tempfile::TempDir, name: &str) -> Database {
+        let path = dir.path().join(name).display().to_string();
+        let database = Database::open(&DatabaseUrl::Sqlite(path)).expect("database");
+        let operator = run_one(
+            &database,
+            operators::Create(NewOperator {
+                name: OperatorName::parse("name", "Ann").unwrap(),
+                is_active: true,
+                max_load: MaxLoad::parse("max_load", 5).unwrap(),
+            }),
+        );
+        let source = run_one(
+            &database,
+            sources::Create(NewSource {
+                bot_id: BotId::parse("bot_id", "bot").unwrap(),
+                name: SourceName::parse("name", "Bot").unwrap(),
+            }),
+        );
+        run_one(
+            &database,
+            sources::SetOperators {
+                source_id: source.id,
+                table: weights(&[operator.id]),
+            },
+        );
+        database
+    }
+
+    fn weights(operator_ids: &[i64]) -> WeightTable {
+        WeightTable::parse(
+            "operators",
+            operator_ids.iter().map(|&id| (id, 1)).collect::<Vec<_>>(),
+        )
+        .unwrap()
+    }
+
+    fn registration(phone: &str) -> contacts::Register {
+        contacts::Register(NewContact {
+            source: SourceKey::Id(1),
+            lead: LeadIdentity::new(
+                None,
+                Phone::parse("phone", phone).unwrap(),
+                None,
+                LeadName::parse("name", "").unwrap(),
+                "lead",
+            )
+            .unwrap(),
+            request_id: None,
+        })
+    }
+
+    /// Everything the units write, timestamps aside.
+    fn contents(database: &Database) -> String {
+        let mut connection = database.read_pool().get().expect("connection");
+        let reader = &mut Reader::new(&mut connection);
+        let page = PageRequest::parse(1000, "").unwrap();
+        let operators: Vec<_> = operators::list(reader, page, None)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|operator| (operator.id, operator.is_active, operator.active_load))
+            .collect();
+        let contacts: Vec<_> = contacts::list(reader, page, &ContactFilter::default())
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|c| (c.id, c.lead_id, c.operator_id, c.status))
+            .collect();
+        let leads: Vec<_> = leads::list(reader, page)
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|lead| (lead.id, lead.phone))
+            .collect();
+        let table = sources::list_operators(reader, 1).unwrap();
+        let stats = stats::report(reader).unwrap();
+        format!("{operators:?}\n{contacts:?}\n{leads:?}\n{table:?}\n{stats:?}")
+    }
+
+    /// A unit whose check fails after other units of the same batch wrote
+    /// leaves the database exactly as those units left it, in either mode.
+    fn failed_check_keeps_the_batch_as_the_others_left_it(mode: Mode) {
+        let dir = tempfile::tempdir().unwrap();
+        let (with_failure, without) = (seeded(&dir, "a.db"), seeded(&dir, "b.db"));
+
+        let (first, first_answer) = job(registration("+100000001"));
+        // Names an operator that does not exist: NOT_FOUND from its check.
+        let (failing, failing_answer) = job(sources::SetOperators {
+            source_id: 1,
+            table: weights(&[1, 999]),
+        });
+        let (second, second_answer) = job(registration("+100000002"));
+        run_as_batch(&with_failure, mode, vec![first, failing, second]);
+        assert!(matches!(
+            answer::<sources::SetOperators>(failing_answer),
+            Err(crate::Error::NotFound(_))
+        ));
+        for registered in [first_answer, second_answer] {
+            let registered = answer::<contacts::Register>(registered).expect("registered");
+            assert_eq!(registered.contact.status, ContactStatus::Active);
+        }
+
+        let (first, _) = job(registration("+100000001"));
+        let (second, _) = job(registration("+100000002"));
+        run_as_batch(&without, mode, vec![first, second]);
+        let expected = contents(&without);
+        assert!(expected.contains("(1, true, 2)"), "{expected}");
+        assert_eq!(contents(&with_failure), expected);
+    }
+
+    #[test]
+    fn failed_check_in_direct_mode_keeps_the_others_writes() {
+        failed_check_keeps_the_batch_as_the_others_left_it(Mode::Direct);
+    }
+
+    #[test]
+    fn failed_check_in_savepoints_mode_keeps_the_others_writes() {
+        failed_check_keeps_the_batch_as_the_others_left_it(Mode::Savepoints);
+    }
 }
