@@ -1,7 +1,9 @@
 use diesel::prelude::*;
 
 use super::{
-    counts, dispatch, leads, loads, locks,
+    counts, dispatch,
+    leads::{self, ReadAhead},
+    loads, locks,
     models::{ContactRow, NewContactRow},
     operators,
     reader::{Reader, keyset_page},
@@ -30,7 +32,11 @@ impl WriteUnit for Register {
     /// Two first registrations of one new person race for the lead's unique
     /// identifiers; the loser runs again and finds the lead.
     const ON_UNIQUE_VIOLATION: OnUniqueViolation = OnUniqueViolation::Retry;
-    const STAGES_CONTACTS: bool = true;
+    const STAGES_INSERTS: bool = true;
+
+    fn read_ahead(&self, leads: &mut ReadAhead) {
+        leads.identity(&self.0.lead);
+    }
 
     /// A request id already used answers the first call's registration,
     /// whatever the rest of the request says. In `Direct` mode the lookup is

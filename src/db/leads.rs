@@ -1,3 +1,5 @@
+use std::collections::{HashMap, HashSet, VecDeque};
+
 use diesel::prelude::*;
 
 use super::{
@@ -17,6 +19,8 @@ use crate::{
 /// identifier that finds one wins) and fills in what it lacks; or creates one.
 /// Returns the lead and whether it was created.
 ///
+/// In `Direct` mode the batch's leads were read ahead in one query (see
+/// [`LeadIndex`]) and new leads are staged for one multi-row insert.
 /// Two racing first registrations of one person both try to insert; the
 /// unique indexes let one through and abort the other, whose whole
 /// transaction is then retried and finds the lead.
@@ -27,27 +31,48 @@ pub(super) fn find_or_create(
     let identifiers = Identifier::of(identity);
     let mut found = None;
     for identifier in &identifiers {
-        found = holder(&mut tx.reader(), *identifier)?;
+        found = holder(tx, *identifier)?;
         if found.is_some() {
             break;
         }
     }
     match found {
         Some(lead) => Ok((fill_in(tx, lead, &identifiers, identity)?, false)),
-        None => {
-            let row: LeadRow = diesel::insert_into(leads::table)
-                .values(NewLeadRow {
-                    external_id: identity.external_id().map(|v| v.as_str()),
-                    phone: identity.phone().map(|v| v.as_str()),
-                    email: identity.email().map(|v| v.as_str()),
-                    name: identity.name().as_str(),
-                    created_at: Timestamp::now().as_micros(),
-                })
-                .returning(leads::all_columns)
-                .get_result_on(tx.connection())?;
-            Ok((row.into(), true))
-        }
+        None => Ok((create(tx, identity)?.into(), true)),
     }
+}
+
+fn create(tx: &mut WriteTx<'_>, identity: &LeadIdentity) -> Result<LeadRow, Fault> {
+    let mut row = LeadRow {
+        id: 0,
+        external_id: identity.external_id().map(|v| v.as_str().to_owned()),
+        phone: identity.phone().map(|v| v.as_str().to_owned()),
+        email: identity.email().map(|v| v.as_str().to_owned()),
+        name: identity.name().as_str().to_owned(),
+        created_at: Timestamp::now().as_micros(),
+    };
+    if let Some(index) = &mut tx.state.leads
+        && let Some(id) = index.ids.pop_front()
+    {
+        row.id = id;
+        index.staged.push(id);
+        index.record(row.clone());
+        return Ok(row);
+    }
+    let row: LeadRow = diesel::insert_into(leads::table)
+        .values(NewLeadRow {
+            external_id: row.external_id.as_deref(),
+            phone: row.phone.as_deref(),
+            email: row.email.as_deref(),
+            name: &row.name,
+            created_at: row.created_at,
+        })
+        .returning(leads::all_columns)
+        .get_result_on(tx.connection())?;
+    if let Some(index) = &mut tx.state.leads {
+        index.record(row.clone());
+    }
+    Ok(row)
 }
 
 /// One identifier of a person, each unique among leads.
@@ -67,43 +92,229 @@ impl<'a> Identifier<'a> {
         [external_id, phone, email].into_iter().flatten().collect()
     }
 
+    /// The identifiers the lead holds.
+    fn held_by(lead: &'a LeadRow) -> impl Iterator<Item = Self> {
+        [
+            lead.external_id.as_deref().map(Self::ExternalId),
+            lead.phone.as_deref().map(Self::Phone),
+            lead.email.as_deref().map(Self::Email),
+        ]
+        .into_iter()
+        .flatten()
+    }
+
     fn is_held_by(self, lead: &LeadRow) -> bool {
+        self.slot(lead).is_some()
+    }
+
+    /// The lead's field for this kind of identifier.
+    fn slot(self, lead: &LeadRow) -> &Option<String> {
         match self {
-            Self::ExternalId(_) => lead.external_id.is_some(),
-            Self::Phone(_) => lead.phone.is_some(),
-            Self::Email(_) => lead.email.is_some(),
+            Self::ExternalId(_) => &lead.external_id,
+            Self::Phone(_) => &lead.phone,
+            Self::Email(_) => &lead.email,
+        }
+    }
+
+    fn set_on(self, lead: &mut LeadRow) {
+        let (field, value) = match self {
+            Self::ExternalId(value) => (&mut lead.external_id, value),
+            Self::Phone(value) => (&mut lead.phone, value),
+            Self::Email(value) => (&mut lead.email, value),
+        };
+        *field = Some(value.to_owned());
+    }
+
+    fn key(self) -> Key {
+        match self {
+            Self::ExternalId(value) => Key::ExternalId(value.to_owned()),
+            Self::Phone(value) => Key::Phone(value.to_owned()),
+            Self::Email(value) => Key::Email(value.to_owned()),
         }
     }
 }
 
+/// An identifier, owned: a key of [`LeadIndex`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    ExternalId(String),
+    Phone(String),
+    Email(String),
+}
+
+/// The identifiers of a batch's registrations, read ahead in one query.
+#[derive(Debug, Default)]
+pub(crate) struct ReadAhead {
+    external_ids: Vec<String>,
+    phones: Vec<String>,
+    emails: Vec<String>,
+}
+
+impl ReadAhead {
+    pub(super) fn identity(&mut self, identity: &LeadIdentity) {
+        for identifier in Identifier::of(identity) {
+            match identifier {
+                Identifier::ExternalId(value) => self.external_ids.push(value.to_owned()),
+                Identifier::Phone(value) => self.phones.push(value.to_owned()),
+                Identifier::Email(value) => self.emails.push(value.to_owned()),
+            }
+        }
+    }
+
+    fn keys(&self) -> impl Iterator<Item = Key> + '_ {
+        let external_ids = self.external_ids.iter().cloned().map(Key::ExternalId);
+        let phones = self.phones.iter().cloned().map(Key::Phone);
+        let emails = self.emails.iter().cloned().map(Key::Email);
+        external_ids.chain(phones).chain(emails)
+    }
+}
+
+/// The leads a `Direct`-mode batch works with, in memory: those its
+/// registrations' identifiers found when read ahead, those it created
+/// (staged for one multi-row insert at commit, with ids taken ahead) and
+/// what it filled in. Under the batch's transaction nobody else changes them
+/// (a concurrent replica that does makes a unique index or a guarded update
+/// fail, and the batch runs again in `Savepoints` mode, without an index).
+#[derive(Debug, Default, Clone)]
+pub(super) struct LeadIndex {
+    /// Identifiers whose holder is known here: present in `holders`, or held
+    /// by no lead.
+    known: HashSet<Key>,
+    holders: HashMap<Key, i64>,
+    rows: HashMap<i64, LeadRow>,
+    /// Ids taken ahead for new leads.
+    ids: VecDeque<i64>,
+    /// New leads, to be inserted at commit, by id.
+    staged: Vec<i64>,
+}
+
+impl LeadIndex {
+    /// Reads the holders of every identifier in `ahead` in one query.
+    pub(super) fn read(reader: &mut Reader<'_>, ahead: &ReadAhead) -> QueryResult<Self> {
+        let mut index = Self::default();
+        if ahead.keys().next().is_none() {
+            return Ok(index);
+        }
+        let rows: Vec<LeadRow> = reader.load(
+            leads::table
+                .filter(
+                    leads::external_id
+                        .eq_any(&ahead.external_ids)
+                        .or(leads::phone.eq_any(&ahead.phones))
+                        .or(leads::email.eq_any(&ahead.emails)),
+                )
+                .select(leads::all_columns),
+        )?;
+        index.known.extend(ahead.keys());
+        for row in rows {
+            index.record(row);
+        }
+        Ok(index)
+    }
+
+    pub(super) fn reserve(&mut self, ids: impl IntoIterator<Item = i64>) {
+        self.ids.extend(ids);
+    }
+
+    /// `Some(holder)` when the index knows the identifier's holder (or that
+    /// there is none); `None` when it must be looked up.
+    fn holder(&self, identifier: Identifier) -> Option<Option<LeadRow>> {
+        let key = identifier.key();
+        if !self.known.contains(&key) {
+            return None;
+        }
+        Some(self.holders.get(&key).map(|id| self.rows[id].clone()))
+    }
+
+    fn record(&mut self, row: LeadRow) {
+        for identifier in Identifier::held_by(&row) {
+            let key = identifier.key();
+            self.holders.insert(key.clone(), row.id);
+            self.known.insert(key);
+        }
+        self.rows.insert(row.id, row);
+    }
+
+    fn is_staged(&self, id: i64) -> bool {
+        self.staged.contains(&id)
+    }
+
+    /// The staged leads, to be inserted now.
+    pub(super) fn take_staged(&mut self) -> Vec<LeadRow> {
+        let staged = std::mem::take(&mut self.staged);
+        staged.iter().map(|id| self.rows[id].clone()).collect()
+    }
+}
+
 /// The lead holding the identifier, if any.
-fn holder(reader: &mut Reader<'_>, identifier: Identifier) -> QueryResult<Option<LeadRow>> {
+fn holder(tx: &mut WriteTx<'_>, identifier: Identifier) -> Result<Option<LeadRow>, Fault> {
+    if let Some(index) = &tx.state.leads
+        && let Some(known) = index.holder(identifier)
+    {
+        return Ok(known);
+    }
     let query = leads::table.select(leads::all_columns);
+    let mut reader = tx.reader();
     let row = match identifier {
         Identifier::ExternalId(value) => reader.first(query.filter(leads::external_id.eq(value))),
         Identifier::Phone(value) => reader.first(query.filter(leads::phone.eq(value))),
         Identifier::Email(value) => reader.first(query.filter(leads::email.eq(value))),
     };
-    row.optional()
+    Ok(row.optional()?)
 }
 
 /// Gives the lead the identifiers (and the name) it lacks, unless another lead
 /// already holds them; never overwrites a value it has.
 fn fill_in(
     tx: &mut WriteTx<'_>,
-    lead: LeadRow,
+    mut lead: LeadRow,
     identifiers: &[Identifier],
     identity: &LeadIdentity,
 ) -> Result<Lead, Fault> {
-    let mut changed = false;
-    for identifier in identifiers {
-        if identifier.is_held_by(&lead) || holder(&mut tx.reader(), *identifier)?.is_some() {
-            continue;
+    let mut missing = Vec::new();
+    for &identifier in identifiers {
+        if !identifier.is_held_by(&lead) && holder(tx, identifier)?.is_none() {
+            missing.push(identifier);
         }
-        // Guarded by IS NULL: a value a concurrent call filled in first stays.
-        let target = leads::table.find(lead.id);
-        let connection = tx.connection();
-        match *identifier {
+    }
+    let name = identity.name().as_str();
+    let name_missing = lead.name.is_empty() && !name.is_empty();
+    if missing.is_empty() && !name_missing {
+        return Ok(lead.into());
+    }
+    for &identifier in &missing {
+        identifier.set_on(&mut lead);
+    }
+    if name_missing {
+        name.clone_into(&mut lead.name);
+    }
+    let staged = tx
+        .state
+        .leads
+        .as_ref()
+        .is_some_and(|index| index.is_staged(lead.id));
+    if !staged {
+        write_fill_in(tx, &lead, &missing, name_missing)?;
+    }
+    if let Some(index) = &mut tx.state.leads {
+        index.record(lead.clone());
+    }
+    Ok(lead.into())
+}
+
+/// Writes what [`fill_in`] gave a stored lead. Each statement is guarded by
+/// IS NULL (or an empty name): if a concurrent transaction filled the field
+/// first, it matches nothing, and the transaction runs again to see it.
+fn write_fill_in(
+    tx: &mut WriteTx<'_>,
+    lead: &LeadRow,
+    missing: &[Identifier],
+    name_missing: bool,
+) -> Result<(), Fault> {
+    let target = leads::table.find(lead.id);
+    let connection = tx.connection();
+    for identifier in missing {
+        let written = match *identifier {
             Identifier::ExternalId(value) => {
                 diesel::update(target.filter(leads::external_id.is_null()))
                     .set(leads::external_id.eq(value))
@@ -116,21 +327,19 @@ fn fill_in(
                 .set(leads::email.eq(value))
                 .execute_on(connection)?,
         };
-        changed = true;
+        if written != 1 {
+            return Err(Fault::Conflict(format!("lead {} changed", lead.id)));
+        }
     }
-    let name = identity.name().as_str();
-    if lead.name.is_empty() && !name.is_empty() {
-        diesel::update(leads::table.find(lead.id).filter(leads::name.eq("")))
-            .set(leads::name.eq(name))
-            .execute_on(tx.connection())?;
-        changed = true;
+    if name_missing {
+        let written = diesel::update(target.filter(leads::name.eq("")))
+            .set(leads::name.eq(&lead.name))
+            .execute_on(connection)?;
+        if written != 1 {
+            return Err(Fault::Conflict(format!("lead {} changed", lead.id)));
+        }
     }
-    if changed {
-        find(&mut tx.reader(), lead.id)?
-            .ok_or_else(|| Fault::vanished(format_args!("lead {}", lead.id)))
-    } else {
-        Ok(lead.into())
-    }
+    Ok(())
 }
 
 pub(crate) fn get(reader: &mut Reader<'_>, id: i64) -> Result<Lead> {

@@ -51,8 +51,10 @@ pub struct WeightRow {
     pub weight: i32,
 }
 
-#[derive(Debug, Queryable, Selectable)]
-#[diesel(table_name = leads)]
+/// Also inserted as is, by a batch that took the ids ahead (see
+/// [`ContactRow`]).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = leads, treat_none_as_default_value = false)]
 pub struct LeadRow {
     pub id: i64,
     pub external_id: Option<String>,

@@ -12,7 +12,11 @@ use diesel::{
 use rand::RngCore;
 
 use super::{
-    DbConnection, counts, loads, models::ContactRow, reader::Reader, run::RunOn, schema::contacts,
+    DbConnection, counts, leads, loads,
+    models::ContactRow,
+    reader::Reader,
+    run::RunOn,
+    schema::{self, contacts},
 };
 use crate::{Result, domain::SourceKey, error::Fault};
 
@@ -64,6 +68,8 @@ pub(super) struct TxState {
     /// locked (see [`super::locks`]).
     pub(super) locked_sources: BTreeSet<i64>,
     pub(super) loads: loads::Loads,
+    /// `Direct` mode: the batch's leads, read ahead, and its new ones.
+    pub(super) leads: Option<leads::LeadIndex>,
     staged: StagedContacts,
 }
 
@@ -195,38 +201,45 @@ impl<'t> WriteTx<'t> {
         }
     }
 
-    /// Takes `count` contact ids ahead for the batch's registrations
-    /// (`Direct` mode only). On SQLite the writer holds the only write lock,
-    /// so the ids after the largest one are free; on PostgreSQL they come
-    /// from the sequence.
-    pub(crate) fn reserve_contact_ids(&mut self, count: usize) -> Result<()> {
-        if count == 0 || self.mode != Mode::Direct {
+    /// Prepares a `Direct`-mode batch: reads the leads its registrations
+    /// name in one query, and takes ids ahead for the leads and contacts its
+    /// `staging` units may insert.
+    pub(crate) fn prepare_batch(&mut self, ahead: &leads::ReadAhead, staging: usize) -> Result<()> {
+        if self.mode != Mode::Direct || staging == 0 {
             return Ok(());
         }
-        let count = i64::try_from(count).unwrap_or(i64::MAX);
-        let ids = &mut self.state.staged.ids;
-        match &mut *self.connection {
-            DbConnection::Postgres(pg) => {
-                let taken: Vec<Id> = diesel::RunQueryDsl::load(
-                    diesel::sql_query(
-                        "SELECT nextval(pg_get_serial_sequence('contacts', 'id')) AS id \
-                         FROM generate_series(1, $1)",
-                    )
-                    .bind::<diesel::sql_types::BigInt, _>(count),
-                    pg,
-                )?;
-                ids.extend(taken.into_iter().map(|row| row.id));
-            }
-            DbConnection::Sqlite(_) => {
-                use diesel::QueryDsl;
-                let largest: Option<i64> = contacts::table
-                    .select(diesel::dsl::max(contacts::id))
-                    .get_result_on(self.connection)?;
-                let first = largest.unwrap_or(0) + 1;
-                ids.extend(first..first + count);
-            }
-        }
+        let mut index = leads::LeadIndex::read(&mut self.reader(), ahead)?;
+        index.reserve(self.take_ids(Sequence::Leads, staging)?);
+        self.state.leads = Some(index);
+        let contact_ids = self.take_ids(Sequence::Contacts, staging)?;
+        self.state.staged.ids.extend(contact_ids);
         Ok(())
+    }
+
+    /// Takes `count` ids of the table ahead. On SQLite the writer holds the
+    /// only write lock, so the ids after the largest one are free; on
+    /// PostgreSQL they come from the sequence.
+    fn take_ids(&mut self, sequence: Sequence, count: usize) -> Result<Vec<i64>> {
+        let count = i64::try_from(count).unwrap_or(i64::MAX);
+        let table = sequence.table();
+        let query = match self.connection {
+            DbConnection::Postgres(_) => format!(
+                "SELECT nextval(pg_get_serial_sequence('{table}', 'id')) AS id \
+                 FROM generate_series(1, {count})"
+            ),
+            DbConnection::Sqlite(_) => {
+                format!("SELECT COALESCE(MAX(id), 0) + 1 AS id FROM {table}")
+            }
+        };
+        let ids: Vec<Id> = diesel::RunQueryDsl::load(diesel::sql_query(query), self.connection)?;
+        Ok(match self.connection {
+            // Other sessions' nextval calls may interleave: keep what came.
+            DbConnection::Postgres(_) => ids.into_iter().map(|row| row.id).collect(),
+            DbConnection::Sqlite(_) => {
+                let first = ids.first().map_or(1, |row| row.id);
+                (first..first + count).collect()
+            }
+        })
     }
 
     /// Stages the contact for the batch's insert with an id taken ahead;
@@ -239,9 +252,18 @@ impl<'t> WriteTx<'t> {
         Some(row)
     }
 
-    /// Inserts the contacts staged so far, in one statement. Runs before any
-    /// unit that does not stage contacts, since such units read contacts.
+    /// Inserts the leads and contacts staged so far, one statement each.
+    /// Runs before any unit that does not stage them, since such units read
+    /// contacts.
     pub(crate) fn flush_staged(&mut self) -> Result<(), Fault> {
+        if let Some(index) = &mut self.state.leads {
+            let leads = index.take_staged();
+            if !leads.is_empty() {
+                diesel::insert_into(schema::leads::table)
+                    .values(&leads)
+                    .execute_on(self.connection)?;
+            }
+        }
         let rows = std::mem::take(&mut self.state.staged.rows);
         if !rows.is_empty() {
             diesel::insert_into(contacts::table)
@@ -249,6 +271,22 @@ impl<'t> WriteTx<'t> {
                 .execute_on(self.connection)?;
         }
         Ok(())
+    }
+}
+
+/// The tables whose ids a batch takes ahead.
+#[derive(Debug, Clone, Copy)]
+enum Sequence {
+    Leads,
+    Contacts,
+}
+
+impl Sequence {
+    fn table(self) -> &'static str {
+        match self {
+            Self::Leads => "leads",
+            Self::Contacts => "contacts",
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //!   again, so the check sees the change.
 
 use super::{
+    leads::ReadAhead,
     reader::Reader,
     tx::{Mode, WriteTx, WriterMemory},
 };
@@ -47,10 +48,14 @@ pub(crate) trait WriteUnit: Send + 'static {
     type Plan;
 
     const ON_UNIQUE_VIOLATION: OnUniqueViolation = OnUniqueViolation::Fail;
-    /// Whether apply may stage a contact for the batch's multi-row insert
-    /// instead of reading contacts. Units that do not are run only after the
-    /// staged contacts are written, so they see them.
-    const STAGES_CONTACTS: bool = false;
+    /// Whether apply may stage new leads and contacts for the batch's
+    /// multi-row inserts. Units that do not are run only after the staged
+    /// rows are written, so that they see them.
+    const STAGES_INSERTS: bool = false;
+
+    /// Adds the lead identifiers apply will look up, so that a `Direct`-mode
+    /// batch reads them all in one query.
+    fn read_ahead(&self, _leads: &mut ReadAhead) {}
 
     /// Read-only: may answer a domain error; writes nothing.
     fn check(
@@ -64,7 +69,7 @@ pub(crate) trait WriteUnit: Send + 'static {
 
 /// Runs the unit inside the transaction: check, then apply.
 pub(crate) fn run<U: WriteUnit>(tx: &mut WriteTx<'_>, unit: &U) -> Result<U::Output> {
-    if !U::STAGES_CONTACTS {
+    if !U::STAGES_INSERTS {
         tx.flush_staged()?;
     }
     tx.unit(|tx| {

@@ -18,6 +18,7 @@ use tracing::Span;
 use super::{
     DbConnection,
     connection::Pool,
+    leads::ReadAhead,
     tx::{Mode, WriteTx, WriterMemory},
     units::{self, OnUniqueViolation, WriteUnit},
 };
@@ -79,8 +80,11 @@ trait Job: Send {
     /// Answers the caller: the unit's own outcome if the transaction committed.
     fn finish(self: Box<Self>, committed: Result<(), &Error>);
 
-    /// See [`WriteUnit::STAGES_CONTACTS`].
-    fn stages_contacts(&self) -> bool;
+    /// See [`WriteUnit::STAGES_INSERTS`].
+    fn stages_inserts(&self) -> bool;
+
+    /// See [`WriteUnit::read_ahead`].
+    fn read_ahead(&self, leads: &mut ReadAhead);
 }
 
 struct Queued<U: WriteUnit> {
@@ -104,8 +108,12 @@ impl<U: WriteUnit> Job for Queued<U> {
         }
     }
 
-    fn stages_contacts(&self) -> bool {
-        U::STAGES_CONTACTS
+    fn stages_inserts(&self) -> bool {
+        U::STAGES_INSERTS
+    }
+
+    fn read_ahead(&self, leads: &mut ReadAhead) {
+        self.unit.read_ahead(leads);
     }
 
     fn finish(self: Box<Self>, committed: Result<(), &Error>) {
@@ -206,8 +214,14 @@ fn run_batch(
 
 /// Runs the units in order. `Err`: the transaction must roll back.
 fn run_units(tx: &mut WriteTx<'_>, batch: &mut [Box<dyn Job>]) -> Result<()> {
-    let staging = batch.iter().filter(|job| job.stages_contacts()).count();
-    tx.reserve_contact_ids(staging)?;
+    if tx.mode() == Mode::Direct {
+        let staging = batch.iter().filter(|job| job.stages_inserts()).count();
+        let mut ahead = ReadAhead::default();
+        for job in batch.iter() {
+            job.read_ahead(&mut ahead);
+        }
+        tx.prepare_batch(&ahead, staging)?;
+    }
     for job in batch.iter_mut() {
         job.run(tx)?;
     }
