@@ -3,6 +3,7 @@
 //! proto field, so a field added to a message breaks the build until handled.
 
 pub mod contacts;
+pub mod observe;
 pub mod operators;
 pub mod sources;
 
