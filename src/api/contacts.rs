@@ -28,30 +28,41 @@ impl ContactService for ContactApi {
         &self,
         request: Request<pb::RegisterContactRequest>,
     ) -> Result<Response<pb::RegisterContactResponse>, Status> {
-        let request = request.into_inner();
-        let request_id = RequestId::parse("request_id", &request.request_id)?;
-        let source = source_key(request.source.clone());
-        let invalid = match NewContact::try_from(request) {
-            Ok(new) => {
+        let pb::RegisterContactRequest {
+            source,
+            lead,
+            request_id,
+        } = request.into_inner();
+        let request_id = RequestId::parse("request_id", &request_id)?;
+        // Each field is parsed once; a malformed source is reported before
+        // an invalid lead.
+        let (source, invalid) = match (source_key(source), lead_identity(lead)) {
+            (Ok(source), Ok(lead)) => {
+                let new = NewContact {
+                    source,
+                    lead,
+                    request_id,
+                };
                 return Ok(Response::new(
                     self.repository.register_contact(new).await?.into(),
                 ));
             }
-            Err(invalid) => invalid,
+            (Ok(source), Err(invalid)) => (Some(source), invalid),
+            (Err(invalid), _) => (None, invalid),
         };
-        // A retry gets the first call's result whatever the rest of it says.
+        // A retry gets the first call's result whatever the rest of it says;
+        // an invalid request does not use up its request_id.
         if let Some(request_id) = request_id
             && let Some(earlier) = self.repository.find_registration(request_id).await?
         {
             return Ok(Response::new(earlier.into()));
         }
         // The source is resolved before the lead is validated.
-        match source {
-            Ok(key) => Err(unknown_id_first(invalid, self.repository.get_source(key))
-                .await
-                .into()),
-            Err(_) => Err(invalid.into()),
-        }
+        let error = match source {
+            Some(key) => unknown_id_first(invalid, self.repository.get_source(key)).await,
+            None => invalid,
+        };
+        Err(error.into())
     }
 
     async fn get_contact(
@@ -133,35 +144,20 @@ impl ContactService for ContactApi {
     }
 }
 
-impl TryFrom<pb::RegisterContactRequest> for NewContact {
-    type Error = Error;
-
-    fn try_from(request: pb::RegisterContactRequest) -> Result<Self> {
-        let pb::RegisterContactRequest {
-            source,
-            lead,
-            request_id,
-        } = request;
-        let source = source_key(source)?;
-        let pb::LeadIdentity {
-            external_id,
-            phone,
-            email,
-            name,
-        } = lead.unwrap_or_default();
-        let lead = LeadIdentity::new(
-            ExternalId::parse("lead.external_id", &external_id)?,
-            Phone::parse("lead.phone", &phone)?,
-            Email::parse("lead.email", &email)?,
-            LeadName::parse("lead.name", &name)?,
-            "lead",
-        )?;
-        Ok(Self {
-            source,
-            lead,
-            request_id: RequestId::parse("request_id", &request_id)?,
-        })
-    }
+fn lead_identity(lead: Option<pb::LeadIdentity>) -> Result<LeadIdentity> {
+    let pb::LeadIdentity {
+        external_id,
+        phone,
+        email,
+        name,
+    } = lead.unwrap_or_default();
+    LeadIdentity::new(
+        ExternalId::parse("lead.external_id", &external_id)?,
+        Phone::parse("lead.phone", &phone)?,
+        Email::parse("lead.email", &email)?,
+        LeadName::parse("lead.name", &name)?,
+        "lead",
+    )
 }
 
 fn source_key(source: Option<pb::register_contact_request::Source>) -> Result<SourceKey> {
