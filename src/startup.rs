@@ -4,7 +4,9 @@ use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    api::{contacts::ContactApi, operators::OperatorApi, sources::SourceApi},
+    api::{
+        contacts::ContactApi, observe::ObserveLayer, operators::OperatorApi, sources::SourceApi,
+    },
     config::Settings,
     db::{Backend, Database, DatabaseUrl, StartupError},
     proto::{
@@ -72,6 +74,8 @@ impl Application {
 
         let repository = self.repository;
         Server::builder()
+            // One span and one log line per call, health and reflection included.
+            .layer(ObserveLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)

@@ -1,6 +1,6 @@
 use tonic::{Request, Response, Status};
 
-use super::{observe, timestamp, unknown_id_first};
+use super::{timestamp, unknown_id_first};
 use crate::{
     Error, Result,
     domain::{
@@ -28,151 +28,136 @@ impl ContactService for ContactApi {
         &self,
         request: Request<pb::RegisterContactRequest>,
     ) -> Result<Response<pb::RegisterContactResponse>, Status> {
-        observe("RegisterContact", async {
-            let request = request.into_inner();
-            let request_id = RequestId::parse("request_id", &request.request_id)?;
-            let source = source_key(request.source.clone());
-            let invalid = match NewContact::try_from(request) {
-                Ok(new) => return Ok(self.repository.register_contact(new).await?.into()),
-                Err(invalid) => invalid,
-            };
-            // A retry gets the first call's result whatever the rest of it says.
-            if let Some(request_id) = request_id
-                && let Some(earlier) = self.repository.find_registration(request_id).await?
-            {
-                return Ok(earlier.into());
+        let pb::RegisterContactRequest {
+            source,
+            lead,
+            request_id,
+        } = request.into_inner();
+        let request_id = RequestId::parse("request_id", &request_id)?;
+        // Each field is parsed once; a malformed source is reported before
+        // an invalid lead.
+        let (source, invalid) = match (source_key(source), lead_identity(lead)) {
+            (Ok(source), Ok(lead)) => {
+                let new = NewContact {
+                    source,
+                    lead,
+                    request_id,
+                };
+                return Ok(Response::new(
+                    self.repository.register_contact(new).await?.into(),
+                ));
             }
-            // The source is resolved before the lead is validated.
-            match source {
-                Ok(key) => Err(unknown_id_first(invalid, self.repository.get_source(key)).await),
-                Err(_) => Err(invalid),
-            }
-        })
-        .await
+            (Ok(source), Err(invalid)) => (Some(source), invalid),
+            (Err(invalid), _) => (None, invalid),
+        };
+        // A retry gets the first call's result whatever the rest of it says;
+        // an invalid request does not use up its request_id.
+        if let Some(request_id) = request_id
+            && let Some(earlier) = self.repository.find_registration(request_id).await?
+        {
+            return Ok(Response::new(earlier.into()));
+        }
+        // The source is resolved before the lead is validated.
+        let error = match source {
+            Some(key) => unknown_id_first(invalid, self.repository.get_source(key)).await,
+            None => invalid,
+        };
+        Err(error.into())
     }
 
     async fn get_contact(
         &self,
         request: Request<pb::GetContactRequest>,
     ) -> Result<Response<pb::Contact>, Status> {
-        observe("GetContact", async {
-            let pb::GetContactRequest { id } = request.into_inner();
-            Ok(self.repository.get_contact(id).await?.into())
-        })
-        .await
+        let pb::GetContactRequest { id } = request.into_inner();
+        Ok(Response::new(self.repository.get_contact(id).await?.into()))
     }
 
     async fn list_contacts(
         &self,
         request: Request<pb::ListContactsRequest>,
     ) -> Result<Response<pb::ListContactsResponse>, Status> {
-        observe("ListContacts", async {
-            let pb::ListContactsRequest {
-                page_size,
-                page_token,
-                operator_id,
-                source_id,
-                lead_id,
-                status,
-            } = request.into_inner();
-            let page = PageRequest::parse(page_size, &page_token)?;
-            let filter = ContactFilter {
-                operator_id,
-                source_id,
-                lead_id,
-                status: ContactFilter::parse_status("status", status)?,
-            };
-            let page = self.repository.list_contacts(page, filter).await?;
-            Ok(pb::ListContactsResponse {
-                contacts: page.items.into_iter().map(Into::into).collect(),
-                next_page_token: page.next_page_token,
-            })
-        })
-        .await
+        let pb::ListContactsRequest {
+            page_size,
+            page_token,
+            operator_id,
+            source_id,
+            lead_id,
+            status,
+        } = request.into_inner();
+        let page = PageRequest::parse(page_size, &page_token)?;
+        let filter = ContactFilter {
+            operator_id,
+            source_id,
+            lead_id,
+            status: ContactFilter::parse_status("status", status)?,
+        };
+        let page = self.repository.list_contacts(page, filter).await?;
+        Ok(Response::new(pb::ListContactsResponse {
+            contacts: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }))
     }
 
     async fn close_contact(
         &self,
         request: Request<pb::CloseContactRequest>,
     ) -> Result<Response<pb::Contact>, Status> {
-        observe("CloseContact", async {
-            let pb::CloseContactRequest { id } = request.into_inner();
-            Ok(self.repository.close_contact(id).await?.into())
-        })
-        .await
+        let pb::CloseContactRequest { id } = request.into_inner();
+        Ok(Response::new(
+            self.repository.close_contact(id).await?.into(),
+        ))
     }
 
     async fn get_lead(
         &self,
         request: Request<pb::GetLeadRequest>,
     ) -> Result<Response<pb::Lead>, Status> {
-        observe("GetLead", async {
-            let pb::GetLeadRequest { id } = request.into_inner();
-            Ok(self.repository.get_lead(id).await?.into())
-        })
-        .await
+        let pb::GetLeadRequest { id } = request.into_inner();
+        Ok(Response::new(self.repository.get_lead(id).await?.into()))
     }
 
     async fn list_leads(
         &self,
         request: Request<pb::ListLeadsRequest>,
     ) -> Result<Response<pb::ListLeadsResponse>, Status> {
-        observe("ListLeads", async {
-            let pb::ListLeadsRequest {
-                page_size,
-                page_token,
-            } = request.into_inner();
-            let page = PageRequest::parse(page_size, &page_token)?;
-            let page = self.repository.list_leads(page).await?;
-            Ok(pb::ListLeadsResponse {
-                leads: page.items.into_iter().map(Into::into).collect(),
-                next_page_token: page.next_page_token,
-            })
-        })
-        .await
+        let pb::ListLeadsRequest {
+            page_size,
+            page_token,
+        } = request.into_inner();
+        let page = PageRequest::parse(page_size, &page_token)?;
+        let page = self.repository.list_leads(page).await?;
+        Ok(Response::new(pb::ListLeadsResponse {
+            leads: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }))
     }
 
     async fn get_operator_stats(
         &self,
         request: Request<pb::GetOperatorStatsRequest>,
     ) -> Result<Response<pb::GetOperatorStatsResponse>, Status> {
-        observe("GetOperatorStats", async {
-            let pb::GetOperatorStatsRequest {} = request.into_inner();
-            Ok(self.repository.operator_stats().await?.into())
-        })
-        .await
+        let pb::GetOperatorStatsRequest {} = request.into_inner();
+        Ok(Response::new(
+            self.repository.operator_stats().await?.into(),
+        ))
     }
 }
 
-impl TryFrom<pb::RegisterContactRequest> for NewContact {
-    type Error = Error;
-
-    fn try_from(request: pb::RegisterContactRequest) -> Result<Self> {
-        let pb::RegisterContactRequest {
-            source,
-            lead,
-            request_id,
-        } = request;
-        let source = source_key(source)?;
-        let pb::LeadIdentity {
-            external_id,
-            phone,
-            email,
-            name,
-        } = lead.unwrap_or_default();
-        let lead = LeadIdentity::new(
-            ExternalId::parse("lead.external_id", &external_id)?,
-            Phone::parse("lead.phone", &phone)?,
-            Email::parse("lead.email", &email)?,
-            LeadName::parse("lead.name", &name)?,
-            "lead",
-        )?;
-        Ok(Self {
-            source,
-            lead,
-            request_id: RequestId::parse("request_id", &request_id)?,
-        })
-    }
+fn lead_identity(lead: Option<pb::LeadIdentity>) -> Result<LeadIdentity> {
+    let pb::LeadIdentity {
+        external_id,
+        phone,
+        email,
+        name,
+    } = lead.unwrap_or_default();
+    LeadIdentity::new(
+        ExternalId::parse("lead.external_id", &external_id)?,
+        Phone::parse("lead.phone", &phone)?,
+        Email::parse("lead.email", &email)?,
+        LeadName::parse("lead.name", &name)?,
+        "lead",
+    )
 }
 
 fn source_key(source: Option<pb::register_contact_request::Source>) -> Result<SourceKey> {

@@ -1,36 +1,15 @@
 //! Thin tonic handlers: convert the request into domain types, make one
 //! repository call, convert the answer back. Conversions destructure every
 //! proto field, so a field added to a message breaks the build until handled.
+//! Logging each call (its span, method, code and latency) is not theirs: the
+//! [`observe`] layer does it around all of them.
 
 pub mod contacts;
+pub mod observe;
 pub mod operators;
 pub mod sources;
 
-use std::time::Instant;
-
-use tonic::{Code, Response, Status};
-use tracing::Instrument;
-
 use crate::{Error, Result, domain::Timestamp};
-
-/// Runs one call inside its own span and logs one line for it: method, status
-/// code and latency.
-pub(crate) async fn observe<T>(
-    method: &'static str,
-    call: impl Future<Output = Result<T>>,
-) -> Result<Response<T>, Status> {
-    let span = tracing::info_span!("rpc", method);
-    async move {
-        let started = Instant::now();
-        let outcome = call.await.map(Response::new).map_err(Status::from);
-        let code = outcome.as_ref().err().map_or(Code::Ok, Status::code);
-        let latency_us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-        tracing::info!(code = ?code, latency_us, "handled");
-        outcome
-    }
-    .instrument(span)
-    .await
-}
 
 /// The error for a request that is invalid: NOT_FOUND instead when the id it
 /// names does not exist ("any call that names an id that does not exist

@@ -1,6 +1,6 @@
 use tonic::{Request, Response, Status};
 
-use super::{observe, timestamp, unknown_id_first};
+use super::{timestamp, unknown_id_first};
 use crate::{
     Result,
     domain::{MaxLoad, NewOperator, Operator, OperatorChanges, OperatorName, PageRequest},
@@ -24,60 +24,56 @@ impl OperatorService for OperatorApi {
         &self,
         request: Request<pb::CreateOperatorRequest>,
     ) -> Result<Response<pb::Operator>, Status> {
-        observe("CreateOperator", async {
-            let new = NewOperator::try_from(request.into_inner())?;
-            Ok(self.repository.create_operator(new).await?.into())
-        })
-        .await
+        let new = NewOperator::try_from(request.into_inner())?;
+        Ok(Response::new(
+            self.repository.create_operator(new).await?.into(),
+        ))
     }
 
     async fn get_operator(
         &self,
         request: Request<pb::GetOperatorRequest>,
     ) -> Result<Response<pb::Operator>, Status> {
-        observe("GetOperator", async {
-            let pb::GetOperatorRequest { id } = request.into_inner();
-            Ok(self.repository.get_operator(id).await?.into())
-        })
-        .await
+        let pb::GetOperatorRequest { id } = request.into_inner();
+        Ok(Response::new(
+            self.repository.get_operator(id).await?.into(),
+        ))
     }
 
     async fn list_operators(
         &self,
         request: Request<pb::ListOperatorsRequest>,
     ) -> Result<Response<pb::ListOperatorsResponse>, Status> {
-        observe("ListOperators", async {
-            let pb::ListOperatorsRequest {
-                page_size,
-                page_token,
-                is_active,
-            } = request.into_inner();
-            let page = PageRequest::parse(page_size, &page_token)?;
-            let page = self.repository.list_operators(page, is_active).await?;
-            Ok(pb::ListOperatorsResponse {
-                operators: page.items.into_iter().map(Into::into).collect(),
-                next_page_token: page.next_page_token,
-            })
-        })
-        .await
+        let pb::ListOperatorsRequest {
+            page_size,
+            page_token,
+            is_active,
+        } = request.into_inner();
+        let page = PageRequest::parse(page_size, &page_token)?;
+        let page = self.repository.list_operators(page, is_active).await?;
+        Ok(Response::new(pb::ListOperatorsResponse {
+            operators: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }))
     }
 
     async fn update_operator(
         &self,
         request: Request<pb::UpdateOperatorRequest>,
     ) -> Result<Response<pb::Operator>, Status> {
-        observe("UpdateOperator", async {
-            let request = request.into_inner();
-            let id = request.id;
-            let (id, changes) = match parse_update(request) {
-                Ok(update) => update,
-                Err(invalid) => {
-                    return Err(unknown_id_first(invalid, self.repository.get_operator(id)).await);
-                }
-            };
-            Ok(self.repository.update_operator(id, changes).await?.into())
-        })
-        .await
+        let request = request.into_inner();
+        let id = request.id;
+        let (id, changes) = match parse_update(request) {
+            Ok(update) => update,
+            Err(invalid) => {
+                return Err(unknown_id_first(invalid, self.repository.get_operator(id))
+                    .await
+                    .into());
+            }
+        };
+        Ok(Response::new(
+            self.repository.update_operator(id, changes).await?.into(),
+        ))
     }
 }
 

@@ -11,6 +11,7 @@ crate::backend_tests!(
     register_draws_only_active_operators_with_room,
     retry_with_the_same_request_id_returns_the_first_result,
     rejected_request_does_not_use_up_its_request_id,
+    register_reports_a_malformed_source_before_an_invalid_lead,
     get_contact_and_unknown_ids,
     list_contacts_filters_combine_and_page_by_id,
     list_contacts_filter_naming_unknown_id_is_not_found,
@@ -299,6 +300,31 @@ async fn rejected_request_does_not_use_up_its_request_id(db: TestDb) {
         .unwrap();
     assert!(accepted.lead_created);
     assert_eq!(accepted.contact.unwrap().request_id, "req-x");
+}
+
+async fn register_reports_a_malformed_source_before_an_invalid_lead(db: TestDb) {
+    let app = TestApp::spawn(&db).await;
+    let mut client = app.contacts.clone();
+    let request = |source, request_id: &str| pb::RegisterContactRequest {
+        source,
+        lead: Some(phone_lead("12")),
+        request_id: request_id.into(),
+    };
+    let no_source = client.register_contact(request(None, "")).await;
+    assert_code(no_source, Code::InvalidArgument, "source");
+    let blank_bot_id = client
+        .register_contact(request(
+            Some(pb::register_contact_request::Source::BotId(" ".into())),
+            "",
+        ))
+        .await;
+    assert_code(blank_bot_id, Code::InvalidArgument, "bot_id");
+    // The request_id comes first of all.
+    let too_long_key = client
+        .register_contact(request(None, &"x".repeat(256)))
+        .await;
+    assert_code(too_long_key, Code::InvalidArgument, "request_id");
+    assert!(app.all_contacts().await.is_empty());
 }
 
 async fn get_contact_and_unknown_ids(db: TestDb) {
