@@ -13,7 +13,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,16,64", value_parser = at_least_one)]
     pub concurrency: Vec<usize>,
 
-    /// Measured seconds per run.
+    /// Measured seconds per run (the whole length of a `soak`).
     #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
     pub seconds: f64,
 
@@ -39,13 +39,25 @@ pub struct Args {
     #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub connections: usize,
 
-    /// Scenarios to run, in this order.
+    /// Scenarios to run, in this order. `soak` is not in the default list.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "noop,register,register-full,close+dispatch,stats,list,mix"
     )]
     pub scenarios: Vec<Scenario>,
+
+    /// `soak`: seconds between two samples of file sizes and RSS.
+    #[arg(long, default_value_t = 5.0, value_parser = positive_seconds)]
+    pub sample_every: f64,
+
+    /// `soak`: seconds of each throughput window.
+    #[arg(long, default_value_t = 15.0, value_parser = positive_seconds)]
+    pub window: f64,
+
+    /// `soak`: seconds to keep sampling after the load stops.
+    #[arg(long, default_value_t = 5.0, value_parser = non_negative_seconds)]
+    pub settle: f64,
 
     /// Passed by `cargo bench` to every benchmark binary; ignored.
     #[arg(long, hide = true)]
@@ -72,6 +84,9 @@ pub enum Scenario {
     /// Every second call registers (PENDING, 4 full sources), every other
     /// closes an ACTIVE contact, which dispatches a pending one.
     Mix,
+    /// `mix` for the whole of `--seconds`, sampling the database files and
+    /// the server's RSS (for SQLite's WAL growth).
+    Soak,
 }
 
 impl Scenario {
@@ -84,7 +99,7 @@ impl Scenario {
 
     /// Whether calls alternate registrations and closes, reported apart.
     pub fn is_mixed(self) -> bool {
-        matches!(self, Self::Mix)
+        matches!(self, Self::Mix | Self::Soak)
     }
 }
 

@@ -6,6 +6,7 @@
 //! cargo bench --bench load -- --help
 //! cargo bench --bench load -- [--concurrency 1,16,64] [--seconds 5] [--warmup 1]
 //!     [--postgres URL] [--leads N] [--contacts N] [--connections 4] [--scenarios a,b]
+//! cargo bench --bench load -- --scenarios soak --concurrency 64 --seconds 60 --warmup 0
 //! ```
 
 mod args;
@@ -16,17 +17,19 @@ mod run;
 mod scenarios;
 mod seed;
 mod server;
+mod soak;
 #[path = "../../tests/support/test_db.rs"]
 mod test_db;
 
 use std::sync::Arc;
 
-use args::Args;
+use args::{Args, Scenario};
 use clap::Parser as _;
 use db::Sql;
 use report::{RowHead, Table};
-use run::Run;
+use run::{Progress, Run};
 use server::{Clients, Server};
+use soak::Soak;
 use test_db::TestDb;
 
 fn main() {
@@ -45,11 +48,13 @@ fn main() {
         let clients = Clients::connect(&server.address, args.connections).await;
         let fixture = Arc::new(seed::prepare(&args, &db, &clients).await);
         let mut table = Table::new();
+        let mut soak_log = String::new();
         let mut number = 0;
         for &scenario in &args.scenarios {
             for &concurrency in &args.concurrency {
                 number += 1;
                 server.reset_peak_rss();
+                let progress = Arc::new(Progress::default());
                 let run = Run {
                     scenario,
                     concurrency,
@@ -58,8 +63,22 @@ fn main() {
                     number,
                     clients: &clients,
                     fixture: &fixture,
+                    progress: &progress,
                 };
-                let measured = run.go().await;
+                let measured = if scenario == Scenario::Soak {
+                    let soak = Soak {
+                        db: &db,
+                        server_pid: server.pid(),
+                        sample_every: args.sample_every,
+                        window: args.window,
+                        settle: args.settle,
+                    };
+                    let (measured, log) = soak.go(&run).await;
+                    soak_log.push_str(&log);
+                    measured
+                } else {
+                    run.go().await
+                };
                 let head = RowHead {
                     scenario: &scenario.name(),
                     backend: db.backend(),
@@ -71,6 +90,9 @@ fn main() {
             }
         }
         println!("\n{}", table.text());
+        if !soak_log.is_empty() {
+            println!("{soak_log}");
+        }
         let verdict = Sql::connect(&db).check_invariant();
         match &verdict {
             Ok(message) | Err(message) => println!("invariant: {message}"),

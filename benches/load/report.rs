@@ -76,3 +76,8 @@ fn percentile_ms(sorted: &[u32], p: f64) -> f64 {
     let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     f64::from(sorted[index]) / 1000.0
 }
+
+/// Bytes in MiB, or `-` when unknown.
+pub fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "-".into(), |b| format!("{:.1}", b as f64 / 1_048_576.0))
+}

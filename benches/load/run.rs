@@ -16,6 +16,27 @@ use crate::{
     server::Clients,
 };
 
+/// Calls answered so far, warm-up included, for sampling during a run.
+#[derive(Default)]
+pub struct Progress {
+    pub registrations: AtomicU64,
+    pub closes: AtomicU64,
+    pub others: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+impl Progress {
+    fn count(&self, kind: Kind, ok: bool) {
+        let counter = match (ok, kind) {
+            (false, _) => &self.errors,
+            (true, Kind::Registration) => &self.registrations,
+            (true, Kind::Close) => &self.closes,
+            (true, Kind::Other) => &self.others,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 /// The measured calls of one kind.
 #[derive(Default)]
 pub struct Part {
@@ -78,6 +99,7 @@ pub struct Run<'a> {
     pub number: u64,
     pub clients: &'a Clients,
     pub fixture: &'a Arc<Fixture>,
+    pub progress: &'a Arc<Progress>,
 }
 
 impl Run<'_> {
@@ -90,6 +112,7 @@ impl Run<'_> {
         for worker in 0..self.concurrency {
             let channel = self.clients.channel(worker);
             let fixture = Arc::clone(self.fixture);
+            let progress = Arc::clone(self.progress);
             let counter = Arc::clone(&counter);
             workers.push(tokio::spawn(async move {
                 let mut measured = Measured::default();
@@ -103,6 +126,7 @@ impl Run<'_> {
                     let outcome =
                         scenarios::call(scenario, channel.clone(), &fixture, n, run).await;
                     let micros = started.elapsed().as_micros();
+                    progress.count(kind, outcome.is_ok());
                     let measuring = started >= warm_end;
                     match outcome {
                         Ok(()) if measuring => {

@@ -30,8 +30,8 @@ pub fn kind(scenario: Scenario, n: u64) -> Kind {
     match scenario {
         Scenario::Register | Scenario::RegisterFull => Kind::Registration,
         Scenario::CloseDispatch => Kind::Close,
-        Scenario::Mix if n.is_multiple_of(2) => Kind::Registration,
-        Scenario::Mix => Kind::Close,
+        Scenario::Mix | Scenario::Soak if n.is_multiple_of(2) => Kind::Registration,
+        Scenario::Mix | Scenario::Soak => Kind::Close,
         Scenario::Noop | Scenario::Stats | Scenario::List => Kind::Other,
     }
 }
@@ -75,7 +75,7 @@ pub async fn call(
                 })
                 .await,
         ),
-        Scenario::Mix => match kind(scenario, n) {
+        Scenario::Mix | Scenario::Soak => match kind(scenario, n) {
             Kind::Registration => {
                 // Registrations are the even calls: number them 0, 1, 2…
                 let k = n / 2;

@@ -35,7 +35,7 @@ const CLOSE_OPERATOR_LOAD: i32 = 100;
 /// more than it can close.
 const CLOSES_PER_SECOND_BOUND: f64 = 25_000.0;
 
-/// mix: this many sources whose operators are all full at
+/// mix and soak: this many sources whose operators are all full at
 /// `MIX_OPERATOR_LOAD`, with `MIX_WAITING_PER_SOURCE` contacts pending on each.
 /// The registrations of the runs (PENDING) keep the pending contacts as many
 /// as their closes dispatch.
@@ -51,7 +51,7 @@ pub struct Fixture {
     pub full_source: i64,
     /// close+dispatch: the contacts of its source.
     pub close_queue: CloseQueue,
-    /// mix: the sources the registrations go to…
+    /// mix and soak: the sources the registrations go to…
     pub mix_sources: Vec<i64>,
     /// …and the contacts of those sources; registrations join at the back.
     pub mix_queue: CloseQueue,
@@ -141,7 +141,7 @@ pub async fn prepare(args: &Args, db: &TestDb, clients: &Clients) -> Fixture {
         * args.runs_of(Scenario::CloseDispatch);
     let close_slots = seeder.full_source(close_source, first_close_op, CLOSE_OPERATOR_LOAD);
     seeder.pending(waiting, &close_source.to_string());
-    // mix: the same on four sources with small operators.
+    // mix and soak: the same on four sources with small operators.
     let mix_sources: Vec<i64> = mix.iter().map(|&(source, _)| source).collect();
     let mut mix_slots = 0;
     for &(source, first_op) in &mix {
