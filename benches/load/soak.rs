@@ -152,8 +152,9 @@ impl Sampler {
                     next_sample += self.sample_every;
                 }
             } else if load_end.is_none() {
-                // The load has just stopped: the last, shorter window.
-                if t - window_start.0 >= TICK.as_secs_f64() {
+                // The load has just stopped: the last, shorter window, if
+                // calls ended in it.
+                if self.answered() != window_start.1 {
                     self.window_line(window_start, t);
                 }
                 load_end = Some(self.sample("stopped"));
