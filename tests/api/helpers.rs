@@ -1,12 +1,8 @@
 //! Starts the real server on port 0 over a database of its own and talks to it
 //! through the generated tonic clients.
 
-use std::{
-    future::Future,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::future::Future;
 
-use diesel::{Connection, PgConnection, RunQueryDsl};
 use minicrm::{
     config::Settings,
     proto::{
@@ -18,69 +14,8 @@ use minicrm::{
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Status, transport::Channel};
 
-pub const POSTGRES_URL_VAR: &str = "MINICRM_TEST_POSTGRES_URL";
-
-/// A database only one test uses: a temp-file SQLite, or a fresh PostgreSQL
-/// database created for the test and dropped after it.
-pub enum TestDb {
-    Sqlite(tempfile::TempDir),
-    Postgres { admin_url: String, name: String },
-}
-
-impl TestDb {
-    pub fn sqlite() -> Self {
-        Self::Sqlite(tempfile::tempdir().expect("temp dir"))
-    }
-
-    /// `None` when `MINICRM_TEST_POSTGRES_URL` is not set.
-    pub fn postgres() -> Option<Self> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let admin_url = std::env::var(POSTGRES_URL_VAR).ok()?;
-        let name = format!(
-            "minicrm_test_{}_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed),
-            rand::random::<u32>()
-        );
-        let mut admin = PgConnection::establish(&admin_url).expect("connect to PostgreSQL");
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .expect("create test database");
-        Some(Self::Postgres { admin_url, name })
-    }
-
-    pub fn url(&self) -> String {
-        match self {
-            Self::Sqlite(dir) => format!("sqlite://{}", dir.path().join("minicrm.db").display()),
-            Self::Postgres { admin_url, name } => with_database(admin_url, name),
-        }
-    }
-}
-
-impl Drop for TestDb {
-    fn drop(&mut self) {
-        if let Self::Postgres { admin_url, name } = self
-            && let Ok(mut admin) = PgConnection::establish(admin_url)
-        {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&mut admin);
-        }
-    }
-}
-
-/// The same server URL, naming another database.
-fn with_database(url: &str, database: &str) -> String {
-    let (without_query, query) = match url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (url, String::new()),
-    };
-    let authority_start = without_query.find("://").map_or(0, |i| i + 3);
-    let server = match without_query[authority_start..].find('/') {
-        Some(slash) => &without_query[..authority_start + slash],
-        None => without_query,
-    };
-    format!("{server}/{database}{query}")
-}
+use crate::test_db::POSTGRES_URL_VAR;
+pub use crate::test_db::TestDb;
 
 pub struct TestApp {
     pub operators: OperatorServiceClient<Channel>,
@@ -449,6 +384,7 @@ macro_rules! backend_tests {
 
 #[test]
 fn postgres_urls_are_pointed_at_the_test_database() {
+    use crate::test_db::with_database;
     assert_eq!(
         with_database("postgres://postgres@127.0.0.1:5432/test", "t1"),
         "postgres://postgres@127.0.0.1:5432/t1"

@@ -2,6 +2,8 @@
 //! tonic clients, on SQLite and (with `MINICRM_TEST_POSTGRES_URL`) PostgreSQL.
 
 mod helpers;
+#[path = "../support/test_db.rs"]
+mod test_db;
 
 mod concurrency;
 mod contacts;

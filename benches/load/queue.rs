@@ -1,0 +1,32 @@
+//! The contacts a scenario closes, in order.
+
+use std::{collections::VecDeque, sync::Mutex};
+
+use crate::db::Sql;
+
+/// Contact ids to close, oldest first: first the ACTIVE contacts of full
+/// operators, then pending ones. Closing an ACTIVE one frees a slot that the
+/// oldest pending contact of its source takes, so by the time the queue
+/// reaches a contact that was pending, it is ACTIVE (given more slots than
+/// calls in flight).
+pub struct CloseQueue(Mutex<VecDeque<i64>>);
+
+impl CloseQueue {
+    /// Every contact of these sources, by id.
+    pub fn of_sources(sql: &mut Sql, sources: &[i64]) -> Self {
+        let list = sources.iter().map(i64::to_string).collect::<Vec<_>>();
+        let ids = sql.numbers(&format!(
+            "SELECT id AS n FROM contacts WHERE source_id IN ({}) ORDER BY id",
+            list.join(", ")
+        ));
+        Self(Mutex::new(ids.into()))
+    }
+
+    pub fn pop(&self) -> Option<i64> {
+        self.0.lock().unwrap().pop_front()
+    }
+
+    pub fn push(&self, id: i64) {
+        self.0.lock().unwrap().push_back(id);
+    }
+}
