@@ -1,9 +1,7 @@
 use diesel::prelude::*;
 
 use super::{
-    counts, dispatch,
-    leads::{self, ReadAhead},
-    loads, locks,
+    counts, dispatch, leads, loads, locks,
     models::{ContactRow, NewContactRow},
     operators,
     reader::{Reader, keyset_page},
@@ -11,7 +9,7 @@ use super::{
     schema::contacts,
     sources,
     tx::{Mode, WriteTx},
-    units::{CheckContext, Checked, OnUniqueViolation, WriteUnit},
+    units::{CheckContext, Checked, OnUniqueViolation, ReadAhead, WriteUnit},
 };
 use crate::{
     Error, Result,
@@ -32,10 +30,11 @@ impl WriteUnit for Register {
     /// Two first registrations of one new person race for the lead's unique
     /// identifiers; the loser runs again and finds the lead.
     const ON_UNIQUE_VIOLATION: OnUniqueViolation = OnUniqueViolation::Retry;
-    const STAGES_INSERTS: bool = true;
+    const USES_BUFFERS: bool = true;
+    const INSERTS: bool = true;
 
-    fn read_ahead(&self, leads: &mut ReadAhead) {
-        leads.identity(&self.0.lead);
+    fn read_ahead(&self, ahead: &mut ReadAhead) {
+        ahead.identity(&self.0.lead);
     }
 
     /// A request id already used answers the first call's registration,
@@ -88,8 +87,13 @@ impl WriteUnit for Register {
         };
         // In `Direct` mode the contact joins the batch's one multi-row insert
         // at commit.
-        let row: ContactRow = match tx.stage_contact(staged.clone()) {
-            Some(staged) => staged,
+        let buffered = tx
+            .state
+            .contacts
+            .as_mut()
+            .and_then(|overlay| overlay.insert(staged.clone()));
+        let row: ContactRow = match buffered {
+            Some(buffered) => buffered,
             None => diesel::insert_into(contacts::table)
                 .values(NewContactRow {
                     lead_id: staged.lead_id,
@@ -202,9 +206,16 @@ impl WriteUnit for Close {
     /// The contact as the check read it.
     type Plan = ContactRow;
 
+    const USES_BUFFERS: bool = true;
+
+    fn read_ahead(&self, ahead: &mut ReadAhead) {
+        ahead.contact_ids.push(self.0);
+    }
+
     fn check(&self, context: &mut CheckContext<'_, '_>) -> Result<Checked<ContactRow, Contact>> {
         let Self(id) = *self;
-        let row = row(&mut context.reader, id)?
+        let row = context
+            .contact(id)?
             .ok_or_else(|| Error::not_found(format_args!("contact {id}")))?;
         if row.status == ContactStatus::Closed.code() {
             return Err(Error::FailedPrecondition(format!(
@@ -214,7 +225,7 @@ impl WriteUnit for Close {
         Ok(Checked::Apply(row))
     }
 
-    fn apply(&self, tx: &mut WriteTx<'_>, mut row: ContactRow) -> Result<Contact, Fault> {
+    fn apply(&self, tx: &mut WriteTx<'_>, row: ContactRow) -> Result<Contact, Fault> {
         let active_with = row
             .operator_id
             .filter(|_| row.status == ContactStatus::Active.code());
@@ -226,22 +237,34 @@ impl WriteUnit for Close {
             }
         };
         let now = Timestamp::now().as_micros();
-        // Guarded by the status the check read: if a concurrent transaction
-        // changed the contact meanwhile, this matches nothing, and the
-        // transaction runs again.
-        let closed = diesel::update(
-            contacts::table
-                .find(row.id)
-                .filter(contacts::status.eq(row.status)),
-        )
-        .set((
-            contacts::status.eq(ContactStatus::Closed.code()),
-            contacts::closed_at.eq(Some(now)),
-        ))
-        .execute_on(tx.connection())?;
-        if closed == 0 {
-            return Err(Fault::Conflict(format!("contact {} changed", row.id)));
-        }
+        let close = |row: &mut ContactRow| {
+            row.status = ContactStatus::Closed.code();
+            row.closed_at = Some(now);
+        };
+        let closed = match &mut tx.state.contacts {
+            Some(overlay) => overlay.update(row.id, close)?,
+            None => {
+                // Guarded by the status the check read: if a concurrent
+                // transaction changed the contact meanwhile, this matches
+                // nothing, and the transaction runs again.
+                let written = diesel::update(
+                    contacts::table
+                        .find(row.id)
+                        .filter(contacts::status.eq(row.status)),
+                )
+                .set((
+                    contacts::status.eq(ContactStatus::Closed.code()),
+                    contacts::closed_at.eq(Some(now)),
+                ))
+                .execute_on(tx.connection())?;
+                if written == 0 {
+                    return Err(Fault::Conflict(format!("contact {} changed", row.id)));
+                }
+                let mut closed = row.clone();
+                close(&mut closed);
+                closed
+            }
+        };
         match active_with {
             Some(operator_id) => {
                 loads::release(tx, operator_id)?;
@@ -250,8 +273,6 @@ impl WriteUnit for Close {
             }
             None => counts::pending(tx, row.source_id, -1),
         }
-        row.status = ContactStatus::Closed.code();
-        row.closed_at = Some(now);
-        Ok(row.into())
+        Ok(closed.into())
     }
 }

@@ -2,56 +2,56 @@
 //! serve, inside the transaction that made the capacity, so that the capacity
 //! is used up before that call answers.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 
 use diesel::prelude::*;
 
-use super::{counts, loads, reader::Reader, run::RunOn, schema::contacts, tx::WriteTx};
+use super::{counts, loads, overlay::PendingQueue, run::RunOn, schema::contacts, tx::WriteTx};
 use crate::{
     domain::{ContactStatus, Timestamp},
     error::Fault,
 };
 
-/// Matches the predicate of the `contacts_pending` partial index.
-const PENDING_PREDICATE: &str = "contacts.status = 2";
-
-/// Pending contacts are read in batches of this many, oldest first.
-const BATCH: i64 = 16;
-
 /// Assigns the pending contacts of `sources` (those the new capacity can
 /// serve), oldest first across all of them, each by the weighted draw, until
 /// none of those sources has a candidate left. The caller holds the sources'
 /// locks. Returns how many were assigned.
+///
+/// In `Direct` mode the pending queues and the assignments live in the
+/// batch's contact overlay; otherwise each assignment is written at once,
+/// and the queues last for this call.
 pub(super) fn pending(tx: &mut WriteTx<'_>, sources: &[i64]) -> Result<usize, Fault> {
-    let mut queues = Vec::new();
+    let mut scope = Vec::new();
     for &source_id in sources {
         // A full source's pending contacts need not even be read.
         if loads::has_candidates(tx, source_id)? {
-            queues.push(Queue {
-                source_id,
-                ids: VecDeque::new(),
-                after: 0,
-                more: true,
-            });
+            scope.push(source_id);
         }
     }
+    let mut queues = HashMap::new();
     let mut assigned = 0;
     loop {
-        for queue in &mut queues {
-            queue.refill(&mut tx.reader())?;
-        }
-        queues.retain(|queue| !queue.ids.is_empty());
         // The oldest pending contact of all the sources in scope.
-        let Some(queue) = queues.iter_mut().min_by_key(|queue| queue.ids[0]) else {
+        let mut oldest: Option<(i64, i64)> = None;
+        let mut drained = Vec::new();
+        for &source_id in &scope {
+            match peek(tx, &mut queues, source_id)? {
+                Some(id) if oldest.is_none_or(|(_, oldest)| id < oldest) => {
+                    oldest = Some((source_id, id));
+                }
+                Some(_) => {}
+                None => drained.push(source_id),
+            }
+        }
+        scope.retain(|source_id| !drained.contains(source_id));
+        let Some((source_id, contact_id)) = oldest else {
             return Ok(assigned);
         };
-        let (source_id, contact_id) = (queue.source_id, queue.ids[0]);
-        queue.ids.pop_front();
         match loads::claim_for_source(tx, source_id)? {
             // Loads only grow within this transaction: the source stays full.
-            None => queues.retain(|queue| queue.source_id != source_id),
+            None => scope.retain(|&id| id != source_id),
             Some(operator_id) => {
-                if assign(tx, contact_id, operator_id)? {
+                if assign(tx, &mut queues, source_id, contact_id, operator_id)? {
                     counts::assigned(tx, operator_id, source_id);
                     counts::pending(tx, source_id, -1);
                     assigned += 1;
@@ -64,45 +64,53 @@ pub(super) fn pending(tx: &mut WriteTx<'_>, sources: &[i64]) -> Result<usize, Fa
     }
 }
 
-/// A source's oldest pending contacts not yet tried, read a few at a time.
-/// One source per query, so that the partial index of pending contacts,
-/// ordered by (source_id, id), hands them over in order without a sort.
-struct Queue {
+/// The source's oldest pending contact; `queues` serves when the
+/// transaction has no overlay.
+fn peek(
+    tx: &mut WriteTx<'_>,
+    queues: &mut HashMap<i64, PendingQueue>,
     source_id: i64,
-    ids: VecDeque<i64>,
-    after: i64,
-    more: bool,
+) -> Result<Option<i64>, Fault> {
+    let WriteTx {
+        connection, state, ..
+    } = tx;
+    let reader = &mut super::reader::Reader::new(connection);
+    Ok(match &mut state.contacts {
+        Some(overlay) => overlay.peek_pending(reader, source_id)?,
+        None => queues
+            .entry(source_id)
+            .or_default()
+            .peek(reader, source_id, &mut Vec::new())?,
+    })
 }
 
-impl Queue {
-    fn refill(&mut self, reader: &mut Reader<'_>) -> QueryResult<()> {
-        if !self.ids.is_empty() || !self.more {
-            return Ok(());
-        }
-        let ids: Vec<i64> = reader.load(
-            contacts::table
-                // A literal, not a bound value: that is what lets SQLite's planner
-                // (with stable plans) pick the partial index of pending contacts.
-                .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
-                    PENDING_PREDICATE,
-                ))
-                .filter(contacts::source_id.eq(self.source_id))
-                .filter(contacts::id.gt(self.after))
-                .order(contacts::id)
-                .limit(BATCH)
-                .select(contacts::id),
+/// Makes the peeked pending contact ACTIVE with the operator whose slot was
+/// taken. `false`: it was no longer pending.
+fn assign(
+    tx: &mut WriteTx<'_>,
+    queues: &mut HashMap<i64, PendingQueue>,
+    source_id: i64,
+    contact_id: i64,
+    operator_id: i64,
+) -> Result<bool, Fault> {
+    let now = Timestamp::now().as_micros();
+    let WriteTx {
+        connection, state, ..
+    } = tx;
+    if let Some(overlay) = &mut state.contacts {
+        overlay.take_pending(
+            &mut super::reader::Reader::new(connection),
+            source_id,
+            contact_id,
         )?;
-        self.more = ids.len() as i64 == BATCH;
-        if let Some(&last) = ids.last() {
-            self.after = last;
-        }
-        self.ids.extend(ids);
-        Ok(())
+        overlay.update(contact_id, |row| {
+            row.status = ContactStatus::Active.code();
+            row.operator_id = Some(operator_id);
+            row.assigned_at = Some(now);
+        })?;
+        return Ok(true);
     }
-}
-
-/// Makes a still-pending contact ACTIVE with the operator whose slot was taken.
-fn assign(tx: &mut WriteTx<'_>, contact_id: i64, operator_id: i64) -> Result<bool, Fault> {
+    queues.entry(source_id).or_default().pop(contact_id);
     let updated = diesel::update(
         contacts::table
             .find(contact_id)
@@ -111,8 +119,8 @@ fn assign(tx: &mut WriteTx<'_>, contact_id: i64, operator_id: i64) -> Result<boo
     .set((
         contacts::status.eq(ContactStatus::Active.code()),
         contacts::operator_id.eq(Some(operator_id)),
-        contacts::assigned_at.eq(Some(Timestamp::now().as_micros())),
+        contacts::assigned_at.eq(Some(now)),
     ))
-    .execute_on(tx.connection())?;
+    .execute_on(connection)?;
     Ok(updated == 1)
 }

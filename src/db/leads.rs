@@ -8,6 +8,7 @@ use super::{
     run::RunOn,
     schema::leads,
     tx::WriteTx,
+    units::ReadAhead,
 };
 use crate::{
     Error, Result,
@@ -140,14 +141,6 @@ enum Key {
     ExternalId(String),
     Phone(String),
     Email(String),
-}
-
-/// The identifiers of a batch's registrations, read ahead in one query.
-#[derive(Debug, Default)]
-pub(crate) struct ReadAhead {
-    external_ids: Vec<String>,
-    phones: Vec<String>,
-    emails: Vec<String>,
 }
 
 impl ReadAhead {

@@ -69,6 +69,12 @@ pub(super) fn operator_sources(
     operator_id: i64,
     also: Option<i64>,
 ) -> Result<Vec<i64>, Fault> {
+    if let Some(served) = tx.state.served.get(&operator_id) {
+        let served = served.clone();
+        // Usually a source it serves, and so held already.
+        sources(tx, &Vec::from_iter(also))?;
+        return Ok(served);
+    }
     let served: Vec<i64> = tx.reader().load(
         source_operators::table
             .filter(source_operators::operator_id.eq(operator_id))
@@ -86,6 +92,7 @@ pub(super) fn operator_sources(
             .for_update()
             .load::<i64>(pg)?;
     }
+    tx.state.served.insert(operator_id, served.clone());
     Ok(served)
 }
 
@@ -102,5 +109,6 @@ pub(super) fn source_table(tx: &mut WriteTx<'_>, source_id: i64) -> Result<(), F
     }
     // Its operators change: lock the new ones when they are next needed.
     tx.state.locked_sources.remove(&source_id);
+    tx.state.served.clear();
     Ok(())
 }

@@ -13,6 +13,7 @@ mod loads;
 mod locks;
 mod models;
 pub(crate) mod operators;
+mod overlay;
 pub(crate) mod reader;
 mod run;
 mod schema;

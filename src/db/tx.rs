@@ -3,7 +3,7 @@
 //! transaction has done so far and will write just before it commits. Every
 //! write-path function takes it; reads take a [`Reader`] instead.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap};
 
 use diesel::{
     Connection,
@@ -12,11 +12,8 @@ use diesel::{
 use rand::RngCore;
 
 use super::{
-    DbConnection, counts, leads, loads,
-    models::ContactRow,
-    reader::Reader,
-    run::RunOn,
-    schema::{self, contacts},
+    DbConnection, counts, leads, loads, overlay::ContactOverlay, reader::Reader, run::RunOn,
+    schema, units::ReadAhead,
 };
 use crate::{Result, domain::SourceKey, error::Fault};
 
@@ -60,7 +57,7 @@ impl WriterMemory {
 
 /// What the transaction has done that is not written yet, and the locks it
 /// holds. Cloned as a snapshot before each unit in `Savepoints` mode (where
-/// it is small: nothing is cached or staged), restored if the unit fails.
+/// it is small: nothing is cached or buffered), restored if the unit fails.
 #[derive(Debug, Default, Clone)]
 pub(super) struct TxState {
     pub(super) counters: counts::Deltas,
@@ -70,15 +67,11 @@ pub(super) struct TxState {
     pub(super) loads: loads::Loads,
     /// `Direct` mode: the batch's leads, read ahead, and its new ones.
     pub(super) leads: Option<leads::LeadIndex>,
-    staged: StagedContacts,
-}
-
-/// Contacts of the batch's registrations, inserted together at commit
-/// (`Direct` mode), with ids taken ahead.
-#[derive(Debug, Default, Clone)]
-struct StagedContacts {
-    ids: VecDeque<i64>,
-    rows: Vec<ContactRow>,
+    /// `Direct` mode: the contacts the batch has read and changed.
+    pub(super) contacts: Option<ContactOverlay>,
+    /// The sources each operator locked through
+    /// [`super::locks::operator_sources`] serves, while its locks are held.
+    pub(super) served: HashMap<i64, Vec<i64>>,
 }
 
 /// An open write transaction.
@@ -129,7 +122,7 @@ impl<'t> WriteTx<'t> {
     /// transaction is rolled back.
     pub(crate) fn commit(mut self) -> Result<()> {
         let written = self
-            .flush_staged()
+            .flush_buffers()
             .and_then(|()| loads::flush(&mut self))
             .and_then(|()| counts::flush(&mut self))
             .map_err(crate::Error::from)
@@ -201,18 +194,22 @@ impl<'t> WriteTx<'t> {
         }
     }
 
-    /// Prepares a `Direct`-mode batch: reads the leads its registrations
-    /// name in one query, and takes ids ahead for the leads and contacts its
-    /// `staging` units may insert.
-    pub(crate) fn prepare_batch(&mut self, ahead: &leads::ReadAhead, staging: usize) -> Result<()> {
-        if self.mode != Mode::Direct || staging == 0 {
+    /// Prepares a `Direct`-mode batch: reads what its units will read (see
+    /// [`ReadAhead`]) and takes ids ahead for the leads and contacts its
+    /// `inserting` units may create.
+    pub(crate) fn prepare_batch(&mut self, ahead: &ReadAhead, inserting: usize) -> Result<()> {
+        if self.mode != Mode::Direct {
             return Ok(());
         }
         let mut index = leads::LeadIndex::read(&mut self.reader(), ahead)?;
-        index.reserve(self.take_ids(Sequence::Leads, staging)?);
+        let mut overlay = ContactOverlay::default();
+        overlay.read_ahead(&mut self.reader(), &ahead.contact_ids)?;
+        if inserting > 0 {
+            index.reserve(self.take_ids(Sequence::Leads, inserting)?);
+            overlay.reserve(self.take_ids(Sequence::Contacts, inserting)?);
+        }
         self.state.leads = Some(index);
-        let contact_ids = self.take_ids(Sequence::Contacts, staging)?;
-        self.state.staged.ids.extend(contact_ids);
+        self.state.contacts = Some(overlay);
         Ok(())
     }
 
@@ -242,20 +239,9 @@ impl<'t> WriteTx<'t> {
         })
     }
 
-    /// Stages the contact for the batch's insert with an id taken ahead;
-    /// `None` (nothing staged) when no id is left, and always in
-    /// `Savepoints` mode.
-    pub(super) fn stage_contact(&mut self, mut row: ContactRow) -> Option<ContactRow> {
-        let staged = &mut self.state.staged;
-        row.id = staged.ids.pop_front()?;
-        staged.rows.push(row.clone());
-        Some(row)
-    }
-
-    /// Inserts the leads and contacts staged so far, one statement each.
-    /// Runs before any unit that does not stage them, since such units read
-    /// contacts.
-    pub(crate) fn flush_staged(&mut self) -> Result<(), Fault> {
+    /// Writes the leads and contacts buffered so far. Runs before any unit
+    /// that does not use the buffers (see [`super::units::WriteUnit::USES_BUFFERS`]).
+    pub(crate) fn flush_buffers(&mut self) -> Result<(), Fault> {
         if let Some(index) = &mut self.state.leads {
             let leads = index.take_staged();
             if !leads.is_empty() {
@@ -264,11 +250,8 @@ impl<'t> WriteTx<'t> {
                     .execute_on(self.connection)?;
             }
         }
-        let rows = std::mem::take(&mut self.state.staged.rows);
-        if !rows.is_empty() {
-            diesel::insert_into(contacts::table)
-                .values(&rows)
-                .execute_on(self.connection)?;
+        if let Some(overlay) = &mut self.state.contacts {
+            overlay.flush(self.connection)?;
         }
         Ok(())
     }

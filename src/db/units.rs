@@ -12,11 +12,14 @@
 //!   again, so the check sees the change.
 
 use super::{
-    leads::ReadAhead,
+    models::ContactRow,
+    overlay::ContactOverlay,
     reader::Reader,
+    schema::contacts,
     tx::{Mode, WriteTx, WriterMemory},
 };
 use crate::{Result, error::Fault};
+use diesel::prelude::*;
 
 /// What a unique violation in this unit means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,11 +39,36 @@ pub(crate) enum Checked<Plan, Output> {
     Answered(Output),
 }
 
-/// What the check phase may use: reads, and the writer's memory of ids.
+/// What the check phase may use: reads, the writer's memory of ids, and the
+/// contacts the batch has buffered.
 pub(crate) struct CheckContext<'a, 'c> {
     pub(crate) reader: Reader<'c>,
     pub(crate) mode: Mode,
     pub(crate) memory: &'a mut WriterMemory,
+    contacts: Option<&'a mut ContactOverlay>,
+}
+
+impl CheckContext<'_, '_> {
+    /// The contact as this transaction sees it, buffered changes included.
+    pub(crate) fn contact(&mut self, id: i64) -> QueryResult<Option<ContactRow>> {
+        match &mut self.contacts {
+            Some(overlay) => overlay.row(&mut self.reader, id),
+            None => self
+                .reader
+                .first(contacts::table.find(id).select(contacts::all_columns))
+                .optional(),
+        }
+    }
+}
+
+/// What the units of a `Direct`-mode batch will read, gathered before any
+/// runs so that the batch reads it in one query per table.
+#[derive(Debug, Default)]
+pub(crate) struct ReadAhead {
+    pub(super) external_ids: Vec<String>,
+    pub(super) phones: Vec<String>,
+    pub(super) emails: Vec<String>,
+    pub(super) contact_ids: Vec<i64>,
 }
 
 pub(crate) trait WriteUnit: Send + 'static {
@@ -48,14 +76,19 @@ pub(crate) trait WriteUnit: Send + 'static {
     type Plan;
 
     const ON_UNIQUE_VIOLATION: OnUniqueViolation = OnUniqueViolation::Fail;
-    /// Whether apply may stage new leads and contacts for the batch's
-    /// multi-row inserts. Units that do not are run only after the staged
-    /// rows are written, so that they see them.
-    const STAGES_INSERTS: bool = false;
+    /// Whether the unit reads and writes contacts and leads only through the
+    /// transaction's buffers ([`ContactOverlay`], the lead index), which in
+    /// `Direct` mode hold rows not written yet. Units that do not are run
+    /// only after the buffers are written, so that they see every row.
+    const USES_BUFFERS: bool = false;
 
-    /// Adds the lead identifiers apply will look up, so that a `Direct`-mode
-    /// batch reads them all in one query.
-    fn read_ahead(&self, _leads: &mut ReadAhead) {}
+    /// Whether apply may create one lead and one contact: a `Direct`-mode
+    /// batch takes ids ahead for each such unit.
+    const INSERTS: bool = false;
+
+    /// Adds what check and apply will read, so that a `Direct`-mode batch
+    /// reads it for all its units at once.
+    fn read_ahead(&self, _ahead: &mut ReadAhead) {}
 
     /// Read-only: may answer a domain error; writes nothing.
     fn check(
@@ -69,19 +102,23 @@ pub(crate) trait WriteUnit: Send + 'static {
 
 /// Runs the unit inside the transaction: check, then apply.
 pub(crate) fn run<U: WriteUnit>(tx: &mut WriteTx<'_>, unit: &U) -> Result<U::Output> {
-    if !U::STAGES_INSERTS {
-        tx.flush_staged()?;
+    if !U::USES_BUFFERS {
+        tx.flush_buffers()?;
     }
     tx.unit(|tx| {
         let mode = tx.mode();
         let checked = {
             let WriteTx {
-                connection, memory, ..
+                connection,
+                memory,
+                state,
+                ..
             } = tx;
             unit.check(&mut CheckContext {
                 reader: Reader::new(connection),
                 mode,
                 memory,
+                contacts: state.contacts.as_mut(),
             })?
         };
         match checked {

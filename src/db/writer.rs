@@ -18,9 +18,8 @@ use tracing::Span;
 use super::{
     DbConnection,
     connection::Pool,
-    leads::ReadAhead,
     tx::{Mode, WriteTx, WriterMemory},
-    units::{self, OnUniqueViolation, WriteUnit},
+    units::{self, OnUniqueViolation, ReadAhead, WriteUnit},
 };
 use crate::{Error, Result};
 
@@ -80,11 +79,11 @@ trait Job: Send {
     /// Answers the caller: the unit's own outcome if the transaction committed.
     fn finish(self: Box<Self>, committed: Result<(), &Error>);
 
-    /// See [`WriteUnit::STAGES_INSERTS`].
-    fn stages_inserts(&self) -> bool;
+    /// See [`WriteUnit::INSERTS`].
+    fn inserts(&self) -> bool;
 
     /// See [`WriteUnit::read_ahead`].
-    fn read_ahead(&self, leads: &mut ReadAhead);
+    fn read_ahead(&self, ahead: &mut ReadAhead);
 }
 
 struct Queued<U: WriteUnit> {
@@ -108,12 +107,12 @@ impl<U: WriteUnit> Job for Queued<U> {
         }
     }
 
-    fn stages_inserts(&self) -> bool {
-        U::STAGES_INSERTS
+    fn inserts(&self) -> bool {
+        U::INSERTS
     }
 
-    fn read_ahead(&self, leads: &mut ReadAhead) {
-        self.unit.read_ahead(leads);
+    fn read_ahead(&self, ahead: &mut ReadAhead) {
+        self.unit.read_ahead(ahead);
     }
 
     fn finish(self: Box<Self>, committed: Result<(), &Error>) {
@@ -215,12 +214,12 @@ fn run_batch(
 /// Runs the units in order. `Err`: the transaction must roll back.
 fn run_units(tx: &mut WriteTx<'_>, batch: &mut [Box<dyn Job>]) -> Result<()> {
     if tx.mode() == Mode::Direct {
-        let staging = batch.iter().filter(|job| job.stages_inserts()).count();
+        let inserting = batch.iter().filter(|job| job.inserts()).count();
         let mut ahead = ReadAhead::default();
         for job in batch.iter() {
             job.read_ahead(&mut ahead);
         }
-        tx.prepare_batch(&ahead, staging)?;
+        tx.prepare_batch(&ahead, inserting)?;
     }
     for job in batch.iter_mut() {
         job.run(tx)?;

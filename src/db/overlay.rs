@@ -1,0 +1,324 @@
+//! The contacts a `Direct`-mode batch reads and changes, kept in memory and
+//! written at commit: new contacts in one multi-row insert (with ids taken
+//! ahead), changed ones in one update guarded by the status each was read
+//! with. Without it, every registration, close and dispatch paid its own
+//! round trip and (for UPDATEs, which diesel never caches) its own parse and
+//! plan on PostgreSQL.
+//!
+//! It is exact because of the locks the batch holds (see [`super::locks`]):
+//! nobody else changes the pending contacts of a source whose locks this
+//! transaction holds, nor the contacts it read under them. A concurrent
+//! change it did not foresee makes the guarded update at commit match fewer
+//! rows than it should; the transaction then fails as a conflict and runs
+//! again in `Savepoints` mode, where nothing is buffered.
+
+use std::collections::{HashMap, VecDeque};
+
+use diesel::prelude::*;
+
+use super::{DbConnection, models::ContactRow, reader::Reader, run::RunOn, schema::contacts};
+use crate::{domain::ContactStatus, error::Fault};
+
+/// Matches the predicate of the `contacts_pending` partial index. A literal,
+/// not a bound value: that is what lets SQLite's planner (with stable plans)
+/// pick that index.
+const PENDING_PREDICATE: &str = "contacts.status = 2";
+
+/// Pending contacts are read this many at a time, oldest first.
+const QUEUE_READ: i64 = 16;
+
+#[derive(Debug, Default, Clone)]
+pub(super) struct ContactOverlay {
+    /// Ids taken ahead for new contacts.
+    ids: VecDeque<i64>,
+    /// Every contact the batch has read or written, as it is now.
+    rows: HashMap<i64, Entry>,
+    /// New contacts, in the order they were staged.
+    inserted: Vec<i64>,
+    /// Each source's pending contacts, oldest first, as far as read.
+    queues: HashMap<i64, PendingQueue>,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    row: ContactRow,
+    /// The status the stored row had when read; `None` for a new contact.
+    stored_status: Option<i32>,
+    changed: bool,
+}
+
+impl ContactOverlay {
+    pub(super) fn reserve(&mut self, ids: impl IntoIterator<Item = i64>) {
+        self.ids.extend(ids);
+    }
+
+    /// Reads the contacts with these ids in one query.
+    pub(super) fn read_ahead(&mut self, reader: &mut Reader<'_>, ids: &[i64]) -> QueryResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<ContactRow> = reader.load(
+            contacts::table
+                .filter(contacts::id.eq_any(ids))
+                .select(contacts::all_columns),
+        )?;
+        for row in rows {
+            self.remember(row);
+        }
+        Ok(())
+    }
+
+    fn remember(&mut self, row: ContactRow) {
+        let status = row.status;
+        self.rows.entry(row.id).or_insert(Entry {
+            row,
+            stored_status: Some(status),
+            changed: false,
+        });
+    }
+
+    /// The contact as this batch sees it.
+    pub(super) fn row(
+        &mut self,
+        reader: &mut Reader<'_>,
+        id: i64,
+    ) -> QueryResult<Option<ContactRow>> {
+        if let Some(entry) = self.rows.get(&id) {
+            return Ok(Some(entry.row.clone()));
+        }
+        let stored = read_row(reader, id)?;
+        if let Some(row) = &stored {
+            self.remember(row.clone());
+        }
+        Ok(stored)
+    }
+
+    /// Stages a new contact with an id taken ahead; `None` (nothing staged)
+    /// when no id is left.
+    pub(super) fn insert(&mut self, mut row: ContactRow) -> Option<ContactRow> {
+        row.id = self.ids.pop_front()?;
+        if row.status == ContactStatus::Pending.code() {
+            self.queue(row.source_id).new.push_back(row.id);
+        }
+        self.inserted.push(row.id);
+        self.rows.insert(
+            row.id,
+            Entry {
+                row: row.clone(),
+                stored_status: None,
+                changed: true,
+            },
+        );
+        Some(row)
+    }
+
+    /// Changes a contact the batch has read (through [`Self::row`] or a
+    /// pending queue).
+    pub(super) fn update(
+        &mut self,
+        id: i64,
+        change: impl FnOnce(&mut ContactRow),
+    ) -> Result<ContactRow, Fault> {
+        let entry = self
+            .rows
+            .get_mut(&id)
+            .ok_or_else(|| Fault::Internal(format!("contact {id} was changed unread")))?;
+        change(&mut entry.row);
+        entry.changed = true;
+        Ok(entry.row.clone())
+    }
+
+    fn queue(&mut self, source_id: i64) -> &mut PendingQueue {
+        self.queues.entry(source_id).or_default()
+    }
+
+    /// The source's oldest contact that is still pending, as this batch
+    /// sees it; it stays first until [`Self::take_pending`].
+    pub(super) fn peek_pending(
+        &mut self,
+        reader: &mut Reader<'_>,
+        source_id: i64,
+    ) -> QueryResult<Option<i64>> {
+        loop {
+            let queue = self.queues.entry(source_id).or_default();
+            let Some(id) = queue.peek(reader, source_id, &mut Vec::new())? else {
+                return Ok(None);
+            };
+            let still_pending = match self.rows.get(&id) {
+                Some(entry) => entry.row.status == ContactStatus::Pending.code(),
+                None => true,
+            };
+            if still_pending {
+                return Ok(Some(id));
+            }
+            queue.pop(id);
+        }
+    }
+
+    /// Takes the contact [`Self::peek_pending`] answered off its queue and
+    /// reads it into the overlay.
+    pub(super) fn take_pending(
+        &mut self,
+        reader: &mut Reader<'_>,
+        source_id: i64,
+        id: i64,
+    ) -> QueryResult<()> {
+        self.queue(source_id).pop(id);
+        self.row(reader, id).map(drop)
+    }
+
+    /// Writes the new and changed contacts and forgets everything read: one
+    /// statement for the new ones, one for the changed ones (a statement per
+    /// row on SQLite, where a statement costs no round trip).
+    pub(super) fn flush(&mut self, connection: &mut DbConnection) -> Result<(), Fault> {
+        let mut rows = std::mem::take(&mut self.rows);
+        self.queues.clear();
+        let inserted: Vec<ContactRow> = std::mem::take(&mut self.inserted)
+            .iter()
+            .filter_map(|id| rows.remove(id))
+            .map(|entry| entry.row)
+            .collect();
+        if !inserted.is_empty() {
+            diesel::insert_into(contacts::table)
+                .values(&inserted)
+                .execute_on(connection)?;
+        }
+        let changed: Vec<(i32, ContactRow)> = rows
+            .into_values()
+            .filter(|entry| entry.changed)
+            .filter_map(|entry| Some((entry.stored_status?, entry.row)))
+            .collect();
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let written = match connection {
+            DbConnection::Postgres(pg) => update_all(pg, &changed)?,
+            DbConnection::Sqlite(_) => {
+                let mut written = 0;
+                for (was, row) in &changed {
+                    written += diesel::update(
+                        contacts::table
+                            .find(row.id)
+                            .filter(contacts::status.eq(was)),
+                    )
+                    .set((
+                        contacts::status.eq(row.status),
+                        contacts::operator_id.eq(row.operator_id),
+                        contacts::assigned_at.eq(row.assigned_at),
+                        contacts::closed_at.eq(row.closed_at),
+                    ))
+                    .execute_on(connection)?;
+                }
+                written
+            }
+        };
+        if written == changed.len() {
+            Ok(())
+        } else {
+            Err(Fault::Conflict(format!(
+                "{} of {} contacts changed meanwhile",
+                changed.len() - written,
+                changed.len()
+            )))
+        }
+    }
+}
+
+/// One UPDATE for every changed contact, each guarded by the status it was
+/// read with.
+fn update_all(pg: &mut PgConnection, changed: &[(i32, ContactRow)]) -> QueryResult<usize> {
+    use diesel::sql_types::{Array, BigInt, Integer, Nullable};
+    let column = |get: fn(&(i32, ContactRow)) -> Option<i64>| -> Vec<Option<i64>> {
+        changed.iter().map(get).collect()
+    };
+    diesel::sql_query(
+        "UPDATE contacts SET status = v.status, operator_id = v.operator_id, \
+         assigned_at = v.assigned_at, closed_at = v.closed_at \
+         FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[]) \
+           AS v(id, was, status, operator_id, assigned_at, closed_at) \
+         WHERE contacts.id = v.id AND contacts.status = v.was",
+    )
+    .bind::<Array<BigInt>, _>(changed.iter().map(|(_, row)| row.id).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(changed.iter().map(|(was, _)| *was).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(
+        changed
+            .iter()
+            .map(|(_, row)| row.status)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<BigInt>>, _>(column(|(_, row)| row.operator_id))
+    .bind::<Array<Nullable<BigInt>>, _>(column(|(_, row)| row.assigned_at))
+    .bind::<Array<Nullable<BigInt>>, _>(column(|(_, row)| row.closed_at))
+    .execute(pg)
+}
+
+fn read_row(reader: &mut Reader<'_>, id: i64) -> QueryResult<Option<ContactRow>> {
+    reader
+        .first(contacts::table.find(id).select(contacts::all_columns))
+        .optional()
+}
+
+/// A source's pending contacts in id order: the stored ones read so far
+/// (`after` the last one read) and those the batch created.
+#[derive(Debug, Clone)]
+pub(super) struct PendingQueue {
+    stored: VecDeque<i64>,
+    after: i64,
+    more: bool,
+    new: VecDeque<i64>,
+}
+
+impl Default for PendingQueue {
+    fn default() -> Self {
+        Self {
+            stored: VecDeque::new(),
+            after: 0,
+            more: true,
+            new: VecDeque::new(),
+        }
+    }
+}
+
+impl PendingQueue {
+    /// The oldest contact in the queue; `read` collects the stored rows
+    /// read on the way.
+    pub(super) fn peek(
+        &mut self,
+        reader: &mut Reader<'_>,
+        source_id: i64,
+        read: &mut Vec<ContactRow>,
+    ) -> QueryResult<Option<i64>> {
+        if self.stored.is_empty() && self.more {
+            let rows: Vec<ContactRow> = reader.load(
+                contacts::table
+                    .filter(diesel::dsl::sql::<diesel::sql_types::Bool>(
+                        PENDING_PREDICATE,
+                    ))
+                    .filter(contacts::source_id.eq(source_id))
+                    .filter(contacts::id.gt(self.after))
+                    .order(contacts::id)
+                    .limit(QUEUE_READ)
+                    .select(contacts::all_columns),
+            )?;
+            self.more = rows.len() as i64 == QUEUE_READ;
+            if let Some(last) = rows.last() {
+                self.after = last.id;
+            }
+            self.stored.extend(rows.iter().map(|row| row.id));
+            read.extend(rows);
+        }
+        Ok(match (self.stored.front(), self.new.front()) {
+            (Some(&stored), Some(&new)) => Some(stored.min(new)),
+            (stored, new) => stored.or(new).copied(),
+        })
+    }
+
+    /// Removes the contact if it is at the front.
+    pub(super) fn pop(&mut self, id: i64) {
+        if self.stored.front() == Some(&id) {
+            self.stored.pop_front();
+        } else if self.new.front() == Some(&id) {
+            self.new.pop_front();
+        }
+    }
+}
