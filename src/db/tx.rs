@@ -22,16 +22,18 @@ type MultiTransactionManager = <DbConnection as Connection>::TransactionManager;
 /// How the units of a write transaction run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// One after the other with nothing in between: the fast path. Operator
-    /// loads are drawn and changed in memory and written at commit, and
-    /// registrations stage their contacts for one multi-row insert. Any
-    /// fault fails the whole transaction, which then runs again in
-    /// `Savepoints` mode.
+    /// One after the other with nothing in between: the fast path. What the
+    /// units read is read ahead for the whole batch where it can be, and
+    /// what they write is kept in memory and written at commit: operator
+    /// loads (see [`super::loads`]), new leads (see [`leads::LeadIndex`]),
+    /// new and changed contacts (see [`ContactOverlay`]). Any fault fails the
+    /// whole transaction, which then runs again in `Savepoints` mode.
     Direct,
     /// Each unit in its own savepoint, so that a unit whose apply fails with
     /// a fault undoes only its own writes and the others still commit.
-    /// Nothing is cached or staged: a savepoint rollback would release locks
-    /// (and forget rows) behind a cache's back.
+    /// Everything is written at once, nothing kept for commit: a row kept for
+    /// commit would be written outside its unit's savepoint, where its fault
+    /// would fail the whole batch again.
     Savepoints,
 }
 

@@ -144,6 +144,7 @@ fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
         tracing::trace!(
             units = batch.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
+            mode = ?committed.as_ref().ok(),
             "batch"
         );
         if let Err(error) = &committed {
@@ -173,14 +174,15 @@ fn next_batch(receiver: &Mutex<Receiver<Box<dyn Job>>>) -> Option<Vec<Box<dyn Jo
 }
 
 /// Runs the batch in one transaction, first in `mode` (the writer starts in
-/// `Direct`); after a failure, again in `Savepoints` mode.
+/// `Direct`); after a failure, again in `Savepoints` mode. Returns the mode
+/// the transaction committed in.
 fn run_batch(
     connection: &mut DbConnection,
     memory: &mut WriterMemory,
     rng: &mut dyn rand::RngCore,
     batch: &mut [Box<dyn Job>],
     mut mode: Mode,
-) -> Result<()> {
+) -> Result<Mode> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -191,7 +193,7 @@ fn run_batch(
                 failure
             }
             Ok(()) => match tx.commit() {
-                Ok(()) => return Ok(()),
+                Ok(()) => return Ok(mode),
                 // Writing the staged contacts, cached loads or counters
                 // failed, or COMMIT did: nothing is committed, and
                 // `Savepoints` mode may get through.
@@ -234,6 +236,11 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_micros(rand::random_range(0..ceiling_micros))
 }
 
+/// The tests' database helper, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/support/test_db.rs"]
+mod test_db;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +252,8 @@ mod tests {
             WeightTable,
         },
     };
+
+    use super::test_db::TestDb;
 
     type Answer<U> = oneshot::Receiver<Result<<U as WriteUnit>::Output>>;
 
@@ -259,7 +268,8 @@ mod tests {
         (Box::new(job), answer)
     }
 
-    /// Runs the jobs as one batch, as the writer thread does, starting in `mode`.
+    /// Runs the jobs as one batch, as the writer thread does, and checks that
+    /// it committed in `mode`, the mode it starts in.
     fn run_as_batch(database: &Database, mode: Mode, mut batch: Vec<Box<dyn Job>>) {
         let mut connection = database.write_pool().get().expect("connection");
         let committed = run_batch(
@@ -272,6 +282,7 @@ mod tests {
         for job in batch {
             job.finish(committed.as_ref().map(|_| ()));
         }
+        assert_eq!(committed.expect("the batch commits"), mode);
     }
 
     fn answer<U: WriteUnit>(mut answer: Answer<U>) -> Result<U::Output> {
@@ -285,15 +296,19 @@ mod tests {
     }
 
     /// One source (id 1) served by one operator with room for 5.
-    fn seeded(dir: &tempfile::TempDir, name: &str) -> Database {
-        let path = dir.path().join(name).display().to_string();
-        let database = Database::open(&DatabaseUrl::Sqlite(path)).expect("database");
+    fn seeded(db: &TestDb) -> Database {
+        seeded_with_room(db, 5)
+    }
+
+    fn seeded_with_room(db: &TestDb, max_load: i32) -> Database {
+        let url = DatabaseUrl::parse(&db.url()).expect("url");
+        let database = Database::open(&url).expect("database");
         let operator = run_one(
             &database,
             operators::Create(NewOperator {
                 name: OperatorName::parse("name", "Ann").unwrap(),
                 is_active: true,
-                max_load: MaxLoad::parse("max_load", 5).unwrap(),
+                max_load: MaxLoad::parse("max_load", max_load).unwrap(),
             }),
         );
         let source = run_one(
@@ -366,9 +381,12 @@ mod tests {
 
     /// A unit whose check fails after other units of the same batch wrote
     /// leaves the database exactly as those units left it, in either mode.
-    fn failed_check_keeps_the_batch_as_the_others_left_it(mode: Mode) {
-        let dir = tempfile::tempdir().unwrap();
-        let (with_failure, without) = (seeded(&dir, "a.db"), seeded(&dir, "b.db"));
+    fn failed_check_keeps_the_batch_as_the_others_left_it(mode: Mode, db: fn() -> Option<TestDb>) {
+        let (Some(a), Some(b)) = (db(), db()) else {
+            eprintln!("skipped: set MINICRM_TEST_POSTGRES_URL to run this test on PostgreSQL");
+            return;
+        };
+        let (with_failure, without) = (seeded(&a), seeded(&b));
 
         let (first, first_answer) = job(registration("+100000001"));
         // Names an operator that does not exist: NOT_FOUND from its check.
@@ -395,13 +413,92 @@ mod tests {
         assert_eq!(contents(&with_failure), expected);
     }
 
-    #[test]
-    fn failed_check_in_direct_mode_keeps_the_others_writes() {
-        failed_check_keeps_the_batch_as_the_others_left_it(Mode::Direct);
+    /// Within one batch: a registration that finds the operator full waits,
+    /// the close of the operator's contact hands the slot to it at once, and
+    /// a second close of the same contact is refused, freeing nothing more.
+    fn batch_sees_its_own_changes(mode: Mode, db: fn() -> Option<TestDb>) {
+        let Some(db) = db() else {
+            eprintln!("skipped: set MINICRM_TEST_POSTGRES_URL to run this test on PostgreSQL");
+            return;
+        };
+        let database = seeded_with_room(&db, 1);
+        let first = run_one(&database, registration("+100000001")).contact;
+        assert_eq!(first.status, ContactStatus::Active);
+
+        let (waiting, waiting_answer) = job(registration("+100000002"));
+        let (close, close_answer) = job(contacts::Close(first.id));
+        let (again, again_answer) = job(contacts::Close(first.id));
+        run_as_batch(&database, mode, vec![waiting, close, again]);
+        let waiting = answer::<contacts::Register>(waiting_answer).expect("registered");
+        assert_eq!(waiting.contact.status, ContactStatus::Pending);
+        let closed = answer::<contacts::Close>(close_answer).expect("closed");
+        assert_eq!(closed.status, ContactStatus::Closed);
+        assert_eq!(closed.operator_id, first.operator_id);
+        assert!(matches!(
+            answer::<contacts::Close>(again_answer),
+            Err(crate::Error::FailedPrecondition(_))
+        ));
+
+        let mut connection = database.read_pool().get().unwrap();
+        let reader = &mut Reader::new(&mut connection);
+        let now = contacts::get(reader, waiting.contact.id).unwrap();
+        assert_eq!(now.status, ContactStatus::Active, "dispatched by the close");
+        assert_eq!(now.operator_id, first.operator_id);
+        let operator = operators::get(reader, first.operator_id.unwrap()).unwrap();
+        assert_eq!(operator.active_load, 1);
+        let stats = stats::report(reader).unwrap();
+        assert_eq!(
+            (
+                stats.rows[0].active,
+                stats.rows[0].closed,
+                stats.rows[0].total
+            ),
+            (1, 1, 2)
+        );
+        assert!(stats.pending.is_empty(), "{stats:?}");
     }
 
     #[test]
-    fn failed_check_in_savepoints_mode_keeps_the_others_writes() {
-        failed_check_keeps_the_batch_as_the_others_left_it(Mode::Savepoints);
+    fn batch_sees_its_own_changes_direct_sqlite() {
+        batch_sees_its_own_changes(Mode::Direct, sqlite);
+    }
+
+    #[test]
+    fn batch_sees_its_own_changes_savepoints_sqlite() {
+        batch_sees_its_own_changes(Mode::Savepoints, sqlite);
+    }
+
+    #[test]
+    fn batch_sees_its_own_changes_direct_postgres() {
+        batch_sees_its_own_changes(Mode::Direct, TestDb::postgres);
+    }
+
+    #[test]
+    fn batch_sees_its_own_changes_savepoints_postgres() {
+        batch_sees_its_own_changes(Mode::Savepoints, TestDb::postgres);
+    }
+
+    fn sqlite() -> Option<TestDb> {
+        Some(TestDb::sqlite())
+    }
+
+    #[test]
+    fn failed_check_in_direct_mode_keeps_the_others_writes_sqlite() {
+        failed_check_keeps_the_batch_as_the_others_left_it(Mode::Direct, sqlite);
+    }
+
+    #[test]
+    fn failed_check_in_savepoints_mode_keeps_the_others_writes_sqlite() {
+        failed_check_keeps_the_batch_as_the_others_left_it(Mode::Savepoints, sqlite);
+    }
+
+    #[test]
+    fn failed_check_in_direct_mode_keeps_the_others_writes_postgres() {
+        failed_check_keeps_the_batch_as_the_others_left_it(Mode::Direct, TestDb::postgres);
+    }
+
+    #[test]
+    fn failed_check_in_savepoints_mode_keeps_the_others_writes_postgres() {
+        failed_check_keeps_the_batch_as_the_others_left_it(Mode::Savepoints, TestDb::postgres);
     }
 }
