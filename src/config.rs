@@ -1,4 +1,6 @@
-use clap::Parser;
+use std::time::Duration;
+
+use clap::{Args, Parser};
 
 /// minicrm: hands contacts from many chat bots to operators, by weight,
 /// within each operator's load limit. Serves gRPC.
@@ -14,4 +16,94 @@ pub struct Settings {
     /// number of replicas may share.
     #[arg(long, env = "DATABASE_URL", default_value = "minicrm.db")]
     pub database_url: String,
+
+    // Contact events (API.md "Events").
+    #[command(flatten)]
+    pub events: EventSettings,
+}
+
+impl Default for Settings {
+    /// The flags' defaults, without reading the environment: what tests start
+    /// from (`Settings { listen, database_url, ..Settings::default() }`).
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:50051".into(),
+            database_url: "minicrm.db".into(),
+            events: EventSettings::default(),
+        }
+    }
+}
+
+/// How long contact events are kept.
+#[derive(Debug, Clone, Args)]
+pub struct EventSettings {
+    /// Events older than this are deleted (`7d`, `12h`, `30m`, `90s`).
+    /// Resuming or listing from a deleted event answers OUT_OF_RANGE.
+    #[arg(long, env = "MINICRM_EVENT_RETENTION", default_value = "7d", value_parser = parse_duration)]
+    pub event_retention: Duration,
+}
+
+impl EventSettings {
+    pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+}
+
+impl Default for EventSettings {
+    fn default() -> Self {
+        Self {
+            event_retention: Self::RETENTION,
+        }
+    }
+}
+
+/// A duration such as `7d`, `12h`, `1m`, `2s`, `500ms`, `1.5s`; a bare
+/// number is seconds.
+pub fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let split = raw
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(raw.len());
+    let (number, unit) = raw.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{raw:?}: expected a duration such as 2s or 500ms"))?;
+    let seconds = match unit.trim() {
+        "" | "s" => number,
+        "ms" => number / 1_000.0,
+        "m" | "min" => number * 60.0,
+        "h" => number * 3_600.0,
+        "d" => number * 86_400.0,
+        other => {
+            return Err(format!(
+                "{raw:?}: unknown unit {other:?} (use ms, s, m, h or d)"
+            ));
+        }
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|error| format!("{raw:?}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
+        assert_eq!(parse_duration("3h"), Ok(Duration::from_secs(3 * 3600)));
+        assert_eq!(parse_duration("7d"), Ok(EventSettings::RETENTION));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("3w").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn event_retention_defaults_to_a_week() {
+        let settings = Settings::try_parse_from(["minicrm"]).unwrap();
+        assert_eq!(settings.events.event_retention, EventSettings::RETENTION);
+        let settings = Settings::try_parse_from(["minicrm", "--event-retention", "2s"]).unwrap();
+        assert_eq!(settings.events.event_retention, Duration::from_secs(2));
+    }
 }

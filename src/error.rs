@@ -15,6 +15,9 @@ pub enum Error {
     AlreadyExists(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A position (an event id) outside what the server holds.
+    #[error("{0}")]
+    OutOfRange(String),
     /// A pool checkout failed: the database cannot be reached right now.
     #[error("database pool: {0}")]
     Pool(#[from] r2d2::Error),
@@ -102,7 +105,8 @@ impl Error {
             Self::InvalidArgument { .. }
             | Self::NotFound(_)
             | Self::AlreadyExists(_)
-            | Self::FailedPrecondition(_) => false,
+            | Self::FailedPrecondition(_)
+            | Self::OutOfRange(_) => false,
             Self::Pool(_)
             | Self::Database(_)
             | Self::Task(_)
@@ -145,6 +149,7 @@ impl From<Error> for Status {
             Error::NotFound(message) => Status::not_found(message),
             Error::AlreadyExists(message) => Status::already_exists(message),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
+            Error::OutOfRange(message) => Status::out_of_range(message),
             Error::Pool(_)
             | Error::Database(_)
             | Error::Task(_)

@@ -9,10 +9,11 @@ use crate::{
     Result,
     db::{self, Backend, Database, Writer, reader::Reader},
     domain::{
-        Contact, ContactFilter, Lead, NewContact, NewOperator, NewSource, Operator,
-        OperatorChanges, Page, PageRequest, Registration, RequestId, Source, SourceKey,
-        StatsReport, WeightTable,
+        Contact, ContactEvent, ContactFilter, EventCursor, EventFilter, Lead, NewContact,
+        NewOperator, NewSource, Operator, OperatorChanges, Page, PageRequest, Registration,
+        RequestId, Source, SourceKey, StatsReport, Timestamp, WeightTable,
     },
+    event_stream::EventHub,
 };
 
 /// Writer threads, each with its own connection and batches. One for
@@ -25,13 +26,24 @@ const WRITERS: usize = 1;
 pub struct Repository {
     database: Database,
     writer: Writer,
+    hub: EventHub,
 }
 
 impl Repository {
     /// Starts the writer threads.
     pub(crate) fn new(database: Database) -> std::io::Result<Self> {
-        let writer = Writer::start(database.write_pool().clone(), WRITERS)?;
-        Ok(Self { database, writer })
+        let hub = EventHub::default();
+        let writer = Writer::start(database.write_pool().clone(), WRITERS, hub.clone())?;
+        Ok(Self {
+            database,
+            writer,
+            hub,
+        })
+    }
+
+    /// Where watch streams learn of new events and of shutdown.
+    pub fn event_hub(&self) -> &EventHub {
+        &self.hub
     }
 
     pub fn backend(&self) -> Backend {
@@ -138,5 +150,58 @@ impl Repository {
 
     pub async fn operator_stats(&self) -> Result<StatsReport> {
         self.read(db::stats::report).await
+    }
+
+    pub async fn list_contact_events(
+        &self,
+        page: PageRequest,
+        filter: EventFilter,
+    ) -> Result<Page<ContactEvent>> {
+        self.read(move |r| db::events::list(r, page, &filter)).await
+    }
+
+    /// Where a watch starts: after `after` (OUT_OF_RANGE unless every event
+    /// after it is retained), or after the last event now. NOT_FOUND for a
+    /// filter naming what does not exist.
+    pub async fn start_watch(
+        &self,
+        after: Option<EventCursor>,
+        filter: EventFilter,
+    ) -> Result<i64> {
+        self.read(move |r| {
+            db::events::must_name_existing(r, &filter)?;
+            match after {
+                Some(cursor) => {
+                    db::events::check_retained(r, cursor.after()).map(|_| cursor.after())
+                }
+                None => Ok(db::events::horizon(r)?.1),
+            }
+        })
+        .await
+    }
+
+    /// The next events of a watch after `after`; OUT_OF_RANGE when some of
+    /// them are no longer retained (the reader fell behind retention).
+    pub async fn watch_events(
+        &self,
+        after: i64,
+        filter: EventFilter,
+        limit: i64,
+    ) -> Result<Vec<ContactEvent>> {
+        self.read(move |r| {
+            db::events::check_retained(r, after)?;
+            db::events::after(r, &filter, after, limit)
+        })
+        .await
+    }
+
+    /// Deletes up to `limit` of the oldest events recorded before `before`.
+    pub async fn purge_events(&self, before: Timestamp, limit: i64) -> Result<usize> {
+        self.writer
+            .run(db::events::Purge {
+                before: before.as_micros(),
+                limit,
+            })
+            .await
     }
 }

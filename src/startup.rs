@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
@@ -14,12 +14,14 @@ use crate::{
         operator_service_server::OperatorServiceServer, source_service_server::SourceServiceServer,
     },
     repository::Repository,
+    retention,
 };
 
 /// A migrated database and a bound listener, ready to serve.
 pub struct Application {
     listener: TcpListener,
     repository: Repository,
+    event_retention: Duration,
 }
 
 impl Application {
@@ -34,6 +36,7 @@ impl Application {
         Ok(Self {
             listener,
             repository: Repository::new(database)?,
+            event_retention: settings.events.event_retention,
         })
     }
 
@@ -73,6 +76,14 @@ impl Application {
             .expect("the embedded descriptor sets are valid");
 
         let repository = self.repository;
+        let retention = tokio::spawn(retention::run(repository.clone(), self.event_retention));
+        let hub = repository.event_hub().clone();
+        let shutdown = async move {
+            shutdown.await;
+            // Watch streams end (UNAVAILABLE), so in-flight calls can finish.
+            hub.close();
+            retention.abort();
+        };
         Server::builder()
             // One span and one log line per call, health and reflection included.
             .layer(ObserveLayer)

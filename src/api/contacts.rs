@@ -1,12 +1,13 @@
 use tonic::{Request, Response, Status};
 
-use super::{timestamp, unknown_id_first};
+use super::{timestamp, unknown_id_first, watch};
 use crate::{
     Error, Result,
     domain::{
-        BotId, Contact, ContactFilter, ContactStatus, Email, ExternalId, Lead, LeadIdentity,
-        LeadName, NewContact, OperatorSourceStats, PageRequest, Phone, Registration, RequestId,
-        SourceKey, SourcePending, StatsReport,
+        Assignment, AssignmentReason, BotId, CandidateLoad, Contact, ContactEvent,
+        ContactEventType, ContactFilter, ContactStatus, Email, EventCursor, EventFilter,
+        ExternalId, Lead, LeadIdentity, LeadName, NewContact, OperatorSourceStats, PageRequest,
+        Phone, Registration, RequestId, SourceKey, SourcePending, StatsReport,
     },
     proto::{self as pb, contact_service_server::ContactService},
     repository::Repository,
@@ -142,6 +143,53 @@ impl ContactService for ContactApi {
             self.repository.operator_stats().await?.into(),
         ))
     }
+
+    async fn list_contact_events(
+        &self,
+        request: Request<pb::ListContactEventsRequest>,
+    ) -> Result<Response<pb::ListContactEventsResponse>, Status> {
+        let pb::ListContactEventsRequest {
+            page_size,
+            page_token,
+            contact_id,
+            operator_id,
+            source_id,
+        } = request.into_inner();
+        let page = PageRequest::parse(page_size, &page_token)?;
+        let filter = EventFilter {
+            contact_id,
+            operator_id,
+            source_id,
+        };
+        let page = self.repository.list_contact_events(page, filter).await?;
+        Ok(Response::new(pb::ListContactEventsResponse {
+            events: page.items.into_iter().map(Into::into).collect(),
+            next_page_token: page.next_page_token,
+        }))
+    }
+
+    type WatchContactEventsStream = watch::EventStream;
+
+    async fn watch_contact_events(
+        &self,
+        request: Request<pb::WatchContactEventsRequest>,
+    ) -> Result<Response<Self::WatchContactEventsStream>, Status> {
+        let pb::WatchContactEventsRequest {
+            after_event_id,
+            operator_id,
+            source_id,
+        } = request.into_inner();
+        let after = after_event_id
+            .map(|id| EventCursor::parse("after_event_id", id))
+            .transpose()?;
+        let filter = EventFilter {
+            contact_id: None,
+            operator_id,
+            source_id,
+        };
+        let stream = watch::start(self.repository.clone(), after, filter).await?;
+        Ok(Response::new(stream))
+    }
 }
 
 fn lead_identity(lead: Option<pb::LeadIdentity>) -> Result<LeadIdentity> {
@@ -272,6 +320,74 @@ impl From<StatsReport> for pb::GetOperatorStatsResponse {
                     source_id,
                     pending,
                 })
+                .collect(),
+        }
+    }
+}
+
+impl From<ContactEvent> for pb::ContactEvent {
+    fn from(event: ContactEvent) -> Self {
+        let ContactEvent {
+            id,
+            kind,
+            time,
+            contact,
+            previous_operator_id,
+            assignment,
+        } = event;
+        Self {
+            id,
+            r#type: pb::ContactEventType::from(kind).into(),
+            time: Some(timestamp(time)),
+            contact: Some(contact.into()),
+            previous_operator_id,
+            assignment: assignment.map(Into::into),
+        }
+    }
+}
+
+impl From<ContactEventType> for pb::ContactEventType {
+    fn from(kind: ContactEventType) -> Self {
+        match kind {
+            ContactEventType::Registered => Self::Registered,
+            ContactEventType::Assigned => Self::Assigned,
+            ContactEventType::Accepted => Self::Accepted,
+            ContactEventType::Unassigned => Self::Unassigned,
+            ContactEventType::Closed => Self::Closed,
+        }
+    }
+}
+
+impl From<Assignment> for pb::Assignment {
+    fn from(assignment: Assignment) -> Self {
+        let Assignment {
+            reason,
+            operator_id,
+            candidates,
+        } = assignment;
+        let reason = match reason {
+            AssignmentReason::WeightedDraw => pb::AssignmentReason::WeightedDraw,
+            AssignmentReason::Sticky => pb::AssignmentReason::Sticky,
+            AssignmentReason::Transfer => pb::AssignmentReason::Transfer,
+        };
+        Self {
+            reason: reason.into(),
+            operator_id,
+            candidates: candidates
+                .into_iter()
+                .map(
+                    |CandidateLoad {
+                         operator_id,
+                         weight,
+                         active_load,
+                         max_load,
+                     }| pb::Candidate {
+                        operator_id,
+                        weight,
+                        active_load,
+                        max_load,
+                    },
+                )
                 .collect(),
         }
     }

@@ -8,6 +8,7 @@ pub mod contacts;
 pub mod observe;
 pub mod operators;
 pub mod sources;
+mod watch;
 
 use crate::{Error, Result, domain::Timestamp};
 

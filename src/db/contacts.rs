@@ -1,7 +1,7 @@
 use diesel::prelude::*;
 
 use super::{
-    counts, dispatch, leads, loads, locks,
+    counts, dispatch, events, leads, loads, locks,
     models::{ContactRow, NewContactRow},
     operators,
     reader::{Reader, keyset_page},
@@ -14,8 +14,8 @@ use super::{
 use crate::{
     Error, Result,
     domain::{
-        Contact, ContactFilter, ContactStatus, NewContact, Page, PageRequest, Registration,
-        RequestId, Timestamp,
+        Contact, ContactEventType, ContactFilter, ContactStatus, NewContact, Page, PageRequest,
+        Registration, RequestId, Timestamp,
     },
     error::Fault,
 };
@@ -67,7 +67,8 @@ impl WriteUnit for Register {
         // Under the source's locks (see [`locks`]) the candidates are exact:
         // no capacity event can slip in between this draw and the commit.
         // `None` leaves the contact PENDING.
-        let operator_id = loads::claim_for_source(tx, source_id)?;
+        let claim = loads::claim_for_source(tx, source_id)?;
+        let operator_id = claim.as_ref().map(|claim| claim.operator_id);
         let now = Timestamp::now().as_micros();
         let status = match operator_id {
             Some(_) => ContactStatus::Active,
@@ -112,6 +113,8 @@ impl WriteUnit for Register {
             Some(operator_id) => counts::assigned(tx, operator_id, source_id),
             None => counts::pending(tx, source_id, 1),
         }
+        let assignment = claim.map(loads::Claim::assignment);
+        events::record(tx, ContactEventType::Registered, &row, None, assignment);
         Ok(Registration {
             contact: row.into(),
             lead,
@@ -273,6 +276,7 @@ impl WriteUnit for Close {
             }
             None => counts::pending(tx, row.source_id, -1),
         }
+        events::record(tx, ContactEventType::Closed, &closed, None, None);
         Ok(closed.into())
     }
 }

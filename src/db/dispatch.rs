@@ -6,9 +6,12 @@ use std::collections::HashMap;
 
 use diesel::prelude::*;
 
-use super::{counts, loads, overlay::PendingQueue, run::RunOn, schema::contacts, tx::WriteTx};
+use super::{
+    counts, events, loads, models::ContactRow, overlay::PendingQueue, reader::Reader, run::RunOn,
+    schema::contacts, tx::WriteTx,
+};
 use crate::{
-    domain::{ContactStatus, Timestamp},
+    domain::{ContactEventType, ContactStatus, Timestamp},
     error::Fault,
 };
 
@@ -50,14 +53,18 @@ pub(super) fn pending(tx: &mut WriteTx<'_>, sources: &[i64]) -> Result<usize, Fa
         match loads::claim_for_source(tx, source_id)? {
             // Loads only grow within this transaction: the source stays full.
             None => scope.retain(|&id| id != source_id),
-            Some(operator_id) => {
-                if assign(tx, &mut queues, source_id, contact_id, operator_id)? {
-                    counts::assigned(tx, operator_id, source_id);
-                    counts::pending(tx, source_id, -1);
-                    assigned += 1;
-                } else {
+            Some(claim) => {
+                let operator_id = claim.operator_id;
+                match assign(tx, &mut queues, source_id, contact_id, operator_id)? {
+                    Some(row) => {
+                        counts::assigned(tx, operator_id, source_id);
+                        counts::pending(tx, source_id, -1);
+                        let assignment = Some(claim.assignment());
+                        events::record(tx, ContactEventType::Assigned, &row, None, assignment);
+                        assigned += 1;
+                    }
                     // Closed or assigned by a concurrent transaction meanwhile.
-                    loads::release(tx, operator_id)?;
+                    None => loads::release(tx, operator_id)?,
                 }
             }
         }
@@ -74,7 +81,7 @@ fn peek(
     let WriteTx {
         connection, state, ..
     } = tx;
-    let reader = &mut super::reader::Reader::new(connection);
+    let reader = &mut Reader::new(connection);
     Ok(match &mut state.contacts {
         Some(overlay) => overlay.peek_pending(reader, source_id)?,
         None => queues
@@ -85,33 +92,29 @@ fn peek(
 }
 
 /// Makes the peeked pending contact ACTIVE with the operator whose slot was
-/// taken. `false`: it was no longer pending.
+/// taken, and returns it as it is now. `None`: it was no longer pending.
 fn assign(
     tx: &mut WriteTx<'_>,
     queues: &mut HashMap<i64, PendingQueue>,
     source_id: i64,
     contact_id: i64,
     operator_id: i64,
-) -> Result<bool, Fault> {
+) -> Result<Option<ContactRow>, Fault> {
     let now = Timestamp::now().as_micros();
+    let give = |row: &mut ContactRow| {
+        row.status = ContactStatus::Active.code();
+        row.operator_id = Some(operator_id);
+        row.assigned_at = Some(now);
+    };
     let WriteTx {
         connection, state, ..
     } = tx;
     if let Some(overlay) = &mut state.contacts {
-        overlay.take_pending(
-            &mut super::reader::Reader::new(connection),
-            source_id,
-            contact_id,
-        )?;
-        overlay.update(contact_id, |row| {
-            row.status = ContactStatus::Active.code();
-            row.operator_id = Some(operator_id);
-            row.assigned_at = Some(now);
-        })?;
-        return Ok(true);
+        overlay.take_pending(&mut Reader::new(connection), source_id, contact_id)?;
+        return Ok(Some(overlay.update(contact_id, give)?));
     }
     queues.entry(source_id).or_default().pop(contact_id);
-    let updated = diesel::update(
+    let row: Option<ContactRow> = diesel::update(
         contacts::table
             .find(contact_id)
             .filter(contacts::status.eq(ContactStatus::Pending.code())),
@@ -121,6 +124,8 @@ fn assign(
         contacts::operator_id.eq(Some(operator_id)),
         contacts::assigned_at.eq(Some(now)),
     ))
-    .execute_on(connection)?;
-    Ok(updated == 1)
+    .returning(contacts::all_columns)
+    .get_result_on(connection)
+    .optional()?;
+    Ok(row)
 }

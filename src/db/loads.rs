@@ -22,6 +22,7 @@ use super::{
     tx::{Mode, WriteTx},
 };
 use crate::{
+    domain::{Assignment, AssignmentReason, CandidateLoad},
     error::Fault,
     selector::{Candidate, draw_until_taken},
 };
@@ -61,25 +62,25 @@ impl OperatorLoad {
 pub(super) struct LoadCache {
     operators: HashMap<i64, OperatorLoad>,
     /// Weight tables by source, ordered by operator id.
-    tables: HashMap<i64, Vec<(i64, u32)>>,
+    tables: HashMap<i64, Vec<(i64, i32)>>,
     /// Load changes not written yet, by operator.
     changes: BTreeMap<i64, i32>,
 }
 
 impl LoadCache {
-    fn candidates(&self, source_id: i64) -> Option<Vec<Candidate>> {
+    fn candidates(&self, source_id: i64) -> Option<Vec<CandidateLoad>> {
         let table = self.tables.get(&source_id)?;
         Some(
             table
                 .iter()
-                .filter(|(operator_id, _)| {
-                    self.operators
-                        .get(operator_id)
-                        .is_some_and(|load| load.has_room())
-                })
-                .map(|&(operator_id, weight)| Candidate {
-                    operator_id,
-                    weight,
+                .filter_map(|&(operator_id, weight)| {
+                    let load = self.operators.get(&operator_id)?;
+                    load.has_room().then_some(CandidateLoad {
+                        operator_id,
+                        weight,
+                        active_load: load.active_load,
+                        max_load: load.max_load,
+                    })
                 })
                 .collect(),
         )
@@ -110,28 +111,39 @@ impl LoadCache {
 }
 
 /// The operators of the source's weight table that can take a contact now.
-pub(super) fn candidates(reader: &mut Reader<'_>, source_id: i64) -> QueryResult<Vec<Candidate>> {
-    let rows: Vec<(i64, i32)> = reader.load(
+pub(super) fn candidates(
+    reader: &mut Reader<'_>,
+    source_id: i64,
+) -> QueryResult<Vec<CandidateLoad>> {
+    let rows: Vec<(i64, i32, i32, i32)> = reader.load(
         source_operators::table
             .inner_join(operators::table)
             .filter(source_operators::source_id.eq(source_id))
             .filter(operators::is_active.eq(true))
             .filter(operators::active_load.lt(operators::max_load))
             .order(operators::id)
-            .select((operators::id, source_operators::weight)),
+            .select((
+                operators::id,
+                source_operators::weight,
+                operators::active_load,
+                operators::max_load,
+            )),
     )?;
     Ok(rows
         .into_iter()
-        .map(|(operator_id, weight)| Candidate {
-            operator_id,
-            // The schema keeps weights within 1..=1_000_000.
-            weight: weight.unsigned_abs(),
-        })
+        .map(
+            |(operator_id, weight, active_load, max_load)| CandidateLoad {
+                operator_id,
+                weight,
+                active_load,
+                max_load,
+            },
+        )
         .collect())
 }
 
 /// The source's candidates now, after taking the source's locks.
-fn current_candidates(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Vec<Candidate>, Fault> {
+fn current_candidates(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Vec<CandidateLoad>, Fault> {
     locks::sources(tx, &[source_id])?;
     let cached = match &tx.state.loads {
         Loads::Written => return Ok(candidates(&mut tx.reader(), source_id)?),
@@ -143,25 +155,58 @@ fn current_candidates(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Vec<Candid
     }
 }
 
+/// An operator drawn for a contact, and the draw it won.
+#[derive(Debug, Clone)]
+pub(super) struct Claim {
+    pub(super) operator_id: i64,
+    /// Every candidate, with its load just before the draw.
+    pub(super) candidates: Vec<CandidateLoad>,
+}
+
+impl Claim {
+    pub(super) fn assignment(self) -> Assignment {
+        Assignment {
+            reason: AssignmentReason::WeightedDraw,
+            operator_id: self.operator_id,
+            candidates: self.candidates,
+        }
+    }
+}
+
 /// Draws an operator for a contact of the source (weighted, among those
 /// with room) and takes one unit of its load; one that filled up meanwhile
 /// is excluded and the draw repeats. `None`: nobody can take it.
-pub(super) fn claim_for_source(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Option<i64>, Fault> {
+pub(super) fn claim_for_source(
+    tx: &mut WriteTx<'_>,
+    source_id: i64,
+) -> Result<Option<Claim>, Fault> {
     let candidates = current_candidates(tx, source_id)?;
+    let draw: Vec<Candidate> = candidates
+        .iter()
+        .map(|candidate| Candidate {
+            operator_id: candidate.operator_id,
+            // The schema keeps weights within 1..=1_000_000.
+            weight: candidate.weight.unsigned_abs(),
+        })
+        .collect();
     let WriteTx {
         connection,
         state,
         rng,
         ..
     } = tx;
-    match &mut state.loads {
-        Loads::Cached(cache) => draw_until_taken(candidates, *rng, |operator_id| {
+    let drawn = match &mut state.loads {
+        Loads::Cached(cache) => draw_until_taken(draw, *rng, |operator_id| {
             Ok::<_, Fault>(cache.take(operator_id))
         }),
-        Loads::Written => draw_until_taken(candidates, *rng, |operator_id| {
-            take_slot(connection, operator_id)
-        }),
-    }
+        Loads::Written => {
+            draw_until_taken(draw, *rng, |operator_id| take_slot(connection, operator_id))
+        }
+    }?;
+    Ok(drawn.map(|operator_id| Claim {
+        operator_id,
+        candidates,
+    }))
 }
 
 /// Whether any operator of the source could take a contact now.
@@ -198,7 +243,7 @@ pub(super) fn release(tx: &mut WriteTx<'_>, operator_id: i64) -> Result<(), Faul
 /// and returns the candidates. The caller holds the source's locks, so the
 /// rows cannot change under the cache until commit. Rows already cached are
 /// kept: they hold load changes not written yet.
-fn cache_source(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Vec<Candidate>, Fault> {
+fn cache_source(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Vec<CandidateLoad>, Fault> {
     let mut reader = tx.reader();
     let table: Vec<(i64, i32)> = reader.load(
         source_operators::table
@@ -224,13 +269,7 @@ fn cache_source(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Vec<Candidate>, 
             active_load,
         });
     }
-    cache.tables.insert(
-        source_id,
-        table
-            .into_iter()
-            .map(|(operator_id, weight)| (operator_id, weight.unsigned_abs()))
-            .collect(),
-    );
+    cache.tables.insert(source_id, table);
     Ok(cache.candidates(source_id).unwrap_or_default())
 }
 
@@ -285,7 +324,7 @@ fn write_change(connection: &mut DbConnection, operator_id: i64, delta: i32) -> 
 mod tests {
     use super::*;
 
-    fn cache(rows: &[(i64, i32, i32)], table: &[(i64, u32)]) -> LoadCache {
+    fn cache(rows: &[(i64, i32, i32)], table: &[(i64, i32)]) -> LoadCache {
         let mut cache = LoadCache::default();
         for &(id, active_load, max_load) in rows {
             cache.operators.insert(
@@ -301,7 +340,7 @@ mod tests {
         cache
     }
 
-    fn ids(candidates: Option<Vec<Candidate>>) -> Vec<i64> {
+    fn ids(candidates: Option<Vec<CandidateLoad>>) -> Vec<i64> {
         candidates
             .expect("cached")
             .iter()

@@ -8,6 +8,7 @@ mod connection;
 pub(crate) mod contacts;
 mod counts;
 mod dispatch;
+pub(crate) mod events;
 pub(crate) mod leads;
 mod loads;
 mod locks;

@@ -2,7 +2,7 @@
 
 use diesel::prelude::*;
 
-use super::schema::{contacts, leads, operators, source_operators, sources};
+use super::schema::{contact_events, contacts, leads, operators, source_operators, sources};
 use crate::domain::{Contact, ContactStatus, Lead, Operator, Source, Timestamp};
 
 #[derive(Debug, Queryable, Selectable)]
@@ -190,4 +190,22 @@ impl From<ContactRow> for Contact {
             request_id,
         }
     }
+}
+
+/// A recorded event; see the `contact_events` migration.
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = contact_events, treat_none_as_default_value = false)]
+pub struct EventRow {
+    pub id: i64,
+    pub contact_id: i64,
+    pub source_id: i64,
+    pub kind: i32,
+    pub time: i64,
+    pub status: i32,
+    pub operator_id: Option<i64>,
+    pub previous_operator_id: Option<i64>,
+    pub assigned_at: Option<i64>,
+    pub closed_at: Option<i64>,
+    pub reason: Option<i32>,
+    pub candidates: Option<Vec<u8>>,
 }

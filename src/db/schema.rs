@@ -79,6 +79,8 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(
+    contact_events,
+    event_ids,
     operators,
     sources,
     source_operators,
@@ -87,3 +89,29 @@ diesel::allow_tables_to_appear_in_same_query!(
     contact_counts,
     pending_counts,
 );
+
+diesel::table! {
+    contact_events (id) {
+        id -> BigInt,
+        contact_id -> BigInt,
+        source_id -> BigInt,
+        kind -> Integer,
+        time -> BigInt,
+        status -> Integer,
+        operator_id -> Nullable<BigInt>,
+        previous_operator_id -> Nullable<BigInt>,
+        assigned_at -> Nullable<BigInt>,
+        closed_at -> Nullable<BigInt>,
+        reason -> Nullable<Integer>,
+        candidates -> Nullable<Binary>,
+    }
+}
+
+diesel::table! {
+    event_ids (id) {
+        id -> Integer,
+        last -> BigInt,
+    }
+}
+
+diesel::joinable!(contact_events -> contacts (contact_id));

@@ -12,8 +12,8 @@ use diesel::{
 use rand::RngCore;
 
 use super::{
-    DbConnection, counts, leads, loads, overlay::ContactOverlay, reader::Reader, run::RunOn,
-    schema, units::ReadAhead,
+    DbConnection, counts, events, leads, loads, overlay::ContactOverlay, reader::Reader,
+    run::RunOn, schema, units::ReadAhead,
 };
 use crate::{Result, domain::SourceKey, error::Fault};
 
@@ -71,6 +71,8 @@ pub(super) struct TxState {
     pub(super) leads: Option<leads::LeadIndex>,
     /// `Direct` mode: the contacts the batch has read and changed.
     pub(super) contacts: Option<ContactOverlay>,
+    /// Events of the transaction, written at commit.
+    pub(super) events: Vec<events::NewEvent>,
     /// The sources each operator locked through
     /// [`super::locks::operator_sources`] serves, while its locks are held.
     pub(super) served: HashMap<i64, Vec<i64>>,
@@ -119,19 +121,20 @@ impl<'t> WriteTx<'t> {
         self.mode
     }
 
-    /// Writes what is staged and cached (contacts, operator loads, counters:
-    /// counters last, see [`super::locks`]), then commits. On failure the
-    /// transaction is rolled back.
-    pub(crate) fn commit(mut self) -> Result<()> {
+    /// Writes what is buffered and cached (leads and contacts, operator
+    /// loads, counters, events: counter rows last, see [`super::locks`]),
+    /// then commits. On failure the transaction is rolled back. Returns the
+    /// id of the last event written, if any.
+    pub(crate) fn commit(mut self) -> Result<Option<i64>> {
         let written = self
             .flush_buffers()
             .and_then(|()| loads::flush(&mut self))
             .and_then(|()| counts::flush(&mut self))
+            .and_then(|()| events::flush(&mut self))
             .map_err(crate::Error::from)
-            .and_then(|()| {
-                Ok(MultiTransactionManager::commit_transaction(
-                    self.connection,
-                )?)
+            .and_then(|last_event| {
+                MultiTransactionManager::commit_transaction(self.connection)?;
+                Ok(last_event)
             });
         if written.is_err() {
             self.rollback();

@@ -21,7 +21,7 @@ use super::{
     tx::{Mode, WriteTx, WriterMemory},
     units::{self, OnUniqueViolation, ReadAhead, WriteUnit},
 };
-use crate::{Error, Result};
+use crate::{Error, Result, event_stream::EventHub};
 
 /// The most units one transaction takes: bounds the latency a full batch adds.
 const MAX_BATCH: usize = 128;
@@ -37,15 +37,17 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn start(pool: Pool, threads: usize) -> std::io::Result<Self> {
+    /// Starts the writer threads; each tells `hub` of the events it commits.
+    pub(crate) fn start(pool: Pool, threads: usize, hub: EventHub) -> std::io::Result<Self> {
         let (queue, receiver) = mpsc::channel::<Box<dyn Job>>();
         let receiver = Arc::new(Mutex::new(receiver));
         for index in 0..threads.max(1) {
             let pool = pool.clone();
             let receiver = Arc::clone(&receiver);
+            let hub = hub.clone();
             std::thread::Builder::new()
                 .name(format!("minicrm-writer-{index}"))
-                .spawn(move || serve(&pool, &receiver))?;
+                .spawn(move || serve(&pool, &receiver, &hub))?;
         }
         Ok(Self { queue })
     }
@@ -126,7 +128,7 @@ impl<U: WriteUnit> Job for Queued<U> {
     }
 }
 
-fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
+fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>, hub: &EventHub) {
     let mut memory = WriterMemory::default();
     let mut rng = rand::rng();
     while let Some(mut batch) = next_batch(receiver) {
@@ -144,9 +146,16 @@ fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
         tracing::trace!(
             units = batch.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
-            mode = ?committed.as_ref().ok(),
+            mode = ?committed.as_ref().ok().map(|committed| committed.mode),
             "batch"
         );
+        if let Ok(Committed {
+            last_event: Some(last),
+            ..
+        }) = committed
+        {
+            hub.published(last);
+        }
         if let Err(error) = &committed {
             tracing::warn!(%error, units = batch.len(), "write transaction failed");
         }
@@ -173,16 +182,24 @@ fn next_batch(receiver: &Mutex<Receiver<Box<dyn Job>>>) -> Option<Vec<Box<dyn Jo
     Some(batch)
 }
 
+/// A committed batch.
+#[derive(Debug, Clone, Copy)]
+struct Committed {
+    /// The mode the transaction committed in.
+    mode: Mode,
+    /// The id of the last event it wrote, if any.
+    last_event: Option<i64>,
+}
+
 /// Runs the batch in one transaction, first in `mode` (the writer starts in
-/// `Direct`); after a failure, again in `Savepoints` mode. Returns the mode
-/// the transaction committed in.
+/// `Direct`); after a failure, again in `Savepoints` mode.
 fn run_batch(
     connection: &mut DbConnection,
     memory: &mut WriterMemory,
     rng: &mut dyn rand::RngCore,
     batch: &mut [Box<dyn Job>],
     mut mode: Mode,
-) -> Result<Mode> {
+) -> Result<Committed> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -193,7 +210,7 @@ fn run_batch(
                 failure
             }
             Ok(()) => match tx.commit() {
-                Ok(()) => return Ok(mode),
+                Ok(last_event) => return Ok(Committed { mode, last_event }),
                 // Writing the staged contacts, cached loads or counters
                 // failed, or COMMIT did: nothing is committed, and
                 // `Savepoints` mode may get through.
@@ -282,7 +299,7 @@ mod tests {
         for job in batch {
             job.finish(committed.as_ref().map(|_| ()));
         }
-        assert_eq!(committed.expect("the batch commits"), mode);
+        assert_eq!(committed.expect("the batch commits").mode, mode);
     }
 
     fn answer<U: WriteUnit>(mut answer: Answer<U>) -> Result<U::Output> {

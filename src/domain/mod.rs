@@ -2,6 +2,7 @@
 //! reaches the repository has already passed every rule of the contract.
 
 mod contact;
+mod event;
 mod lead;
 mod operator;
 mod page;
@@ -12,6 +13,10 @@ mod time;
 pub use contact::{
     Contact, ContactFilter, ContactStatus, Lead, NewContact, OperatorSourceStats, Registration,
     RequestId, SourcePending, StatsReport,
+};
+pub use event::{
+    Assignment, AssignmentReason, CandidateLoad, ContactEvent, ContactEventType, EventCursor,
+    EventFilter,
 };
 pub use lead::{Email, ExternalId, LeadIdentity, LeadName, Phone};
 pub use operator::{MaxLoad, NewOperator, Operator, OperatorChanges, OperatorName};

@@ -28,15 +28,22 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(db: &TestDb) -> Self {
+        Self::spawn_with(db, |_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], with settings changed by `adjust`.
+    pub async fn spawn_with(db: &TestDb, adjust: impl FnOnce(&mut Settings)) -> Self {
         // RUST_LOG=debug cargo test -- --nocapture shows the server's log.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .try_init();
-        let settings = Settings {
+        let mut settings = Settings {
             listen: "127.0.0.1:0".into(),
             database_url: db.url(),
+            ..Settings::default()
         };
+        adjust(&mut settings);
         let application = Application::build(&settings).await.expect("server starts");
         let address = application.local_addr().expect("bound address");
         let (shutdown, stopped) = oneshot::channel::<()>();

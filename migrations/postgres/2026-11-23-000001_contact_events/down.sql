@@ -1,0 +1,2 @@
+DROP TABLE event_ids;
+DROP TABLE contact_events;
