@@ -204,6 +204,55 @@ impl TestApp {
         }
     }
 
+    /// Every recorded event (filtered), following the page tokens to the end.
+    pub async fn all_events(&self, filter: pb::ListContactEventsRequest) -> Vec<pb::ContactEvent> {
+        let mut events = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .contacts
+                .clone()
+                .list_contact_events(pb::ListContactEventsRequest {
+                    page_size: 1000,
+                    page_token,
+                    ..filter.clone()
+                })
+                .await
+                .expect("list contact events")
+                .into_inner();
+            events.extend(page.events);
+            if page.next_page_token.is_empty() {
+                return events;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// The record and the data agree: every contact's last event shows the
+    /// contact exactly as it is, and event ids increase without gaps.
+    pub async fn assert_events_match(&self, contacts: &[pb::Contact]) {
+        use std::collections::BTreeMap;
+        let events = self.all_events(Default::default()).await;
+        for pair in events.windows(2) {
+            assert_eq!(pair[1].id, pair[0].id + 1, "event ids have a gap");
+        }
+        let mut last: BTreeMap<i64, &pb::ContactEvent> = BTreeMap::new();
+        for event in &events {
+            let contact = event.contact.as_ref().expect("event contact");
+            last.insert(contact.id, event);
+        }
+        assert_eq!(last.len(), contacts.len(), "every contact has events");
+        for contact in contacts {
+            let event = last.get(&contact.id).expect("the contact's events");
+            assert_eq!(
+                event.contact.as_ref(),
+                Some(contact),
+                "the last event of contact {} disagrees with it",
+                contact.id
+            );
+        }
+    }
+
     pub async fn all_operators(&self) -> Vec<pb::Operator> {
         self.operators
             .clone()
@@ -251,6 +300,7 @@ impl TestApp {
             loads.push((operator, active));
         }
         self.assert_stats_match(&contacts).await;
+        self.assert_events_match(&contacts).await;
         loads
     }
 

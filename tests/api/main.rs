@@ -8,6 +8,7 @@ mod test_db;
 mod concurrency;
 mod contacts;
 mod dispatch;
+mod events;
 mod leads;
 mod operators;
 mod service;
