@@ -59,6 +59,10 @@ pub struct Args {
     #[arg(long, default_value_t = 5.0, value_parser = non_negative_seconds)]
     pub settle: f64,
 
+    /// WatchContactEvents streams reading every event during the runs.
+    #[arg(long, default_value_t = 0)]
+    pub watchers: usize,
+
     /// Passed by `cargo bench` to every benchmark binary; ignored.
     #[arg(long, hide = true)]
     pub bench: bool,

@@ -20,6 +20,7 @@ mod server;
 mod soak;
 #[path = "../../tests/support/test_db.rs"]
 mod test_db;
+mod watchers;
 
 use std::sync::Arc;
 
@@ -47,6 +48,8 @@ fn main() {
         server.wait_until_serving().await;
         let clients = Clients::connect(&server.address, args.connections).await;
         let fixture = Arc::new(seed::prepare(&args, &db, &clients).await);
+        let events_before = Sql::connect(&db).number("SELECT last AS n FROM event_ids");
+        let watchers = watchers::Watchers::start(&clients, args.watchers).await;
         let mut table = Table::new();
         let mut soak_log = String::new();
         let mut number = 0;
@@ -90,6 +93,11 @@ fn main() {
             }
         }
         println!("\n{}", table.text());
+        if args.watchers > 0 {
+            let written =
+                Sql::connect(&db).number("SELECT last AS n FROM event_ids") - events_before;
+            println!("{}", watchers.finish(written.unsigned_abs()).await);
+        }
         if !soak_log.is_empty() {
             println!("{soak_log}");
         }

@@ -268,15 +268,16 @@ impl WriteUnit for Close {
                 closed
             }
         };
+        events::record(tx, ContactEventType::Closed, &closed, None, None);
         match active_with {
             Some(operator_id) => {
                 loads::release(tx, operator_id)?;
                 counts::closed(tx, operator_id, row.source_id);
+                // After the close's own event: the slot is handed on after it frees.
                 dispatch::pending(tx, &served)?;
             }
             None => counts::pending(tx, row.source_id, -1),
         }
-        events::record(tx, ContactEventType::Closed, &closed, None, None);
         Ok(closed.into())
     }
 }
