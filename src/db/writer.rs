@@ -174,9 +174,9 @@ where
 fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
     while let Some(mut batch) = next_batch(receiver) {
         let started = std::time::Instant::now();
-        let committed = match pool.get() {
-            Ok(mut connection) => run_batch(&mut connection, &mut batch),
-            Err(error) => Err(Error::Pool(error)),
+        let (committed, connection) = match pool.get() {
+            Ok(mut connection) => (run_batch(&mut connection, &mut batch), Some(connection)),
+            Err(error) => (Err(Error::Pool(error)), None),
         };
         tracing::trace!(
             units = batch.len(),
@@ -188,6 +188,9 @@ fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
         }
         for job in batch {
             job.finish(committed.as_ref().map(|_| ()));
+        }
+        if let (Ok(()), Some(mut connection)) = (&committed, connection) {
+            super::connection::restart_wal_if_due(&mut connection);
         }
     }
 }
