@@ -10,3 +10,4 @@ mod leads;
 mod operators;
 mod service;
 mod sources;
+mod wal;
