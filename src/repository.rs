@@ -7,7 +7,7 @@ use tracing::Span;
 
 use crate::{
     Result,
-    db::{self, Backend, Database, Writer, reader::Reader},
+    db::{self, Backend, Database, Writer, WriterDeps, reader::Reader},
     domain::{
         Contact, ContactEvent, ContactFilter, EventCursor, EventFilter, Lead, NewContact,
         NewOperator, NewSource, Operator, OperatorChanges, Page, PageRequest, Registration,
@@ -33,7 +33,12 @@ impl Repository {
     /// Starts the writer threads.
     pub(crate) fn new(database: Database) -> std::io::Result<Self> {
         let hub = EventHub::default();
-        let writer = Writer::start(database.write_pool().clone(), WRITERS, hub.clone())?;
+        let deps = WriterDeps {
+            pool: database.write_pool().clone(),
+            hub: hub.clone(),
+            wal: database.wal_restart(),
+        };
+        let writer = Writer::start(deps, WRITERS)?;
         Ok(Self {
             database,
             writer,

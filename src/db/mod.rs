@@ -26,4 +26,4 @@ mod writer;
 
 pub use connection::{Backend, DatabaseUrl, StartupError};
 pub(crate) use connection::{Database, DbConnection};
-pub(crate) use writer::Writer;
+pub(crate) use writer::{Writer, WriterDeps};

@@ -17,7 +17,7 @@ use tracing::Span;
 
 use super::{
     DbConnection,
-    connection::Pool,
+    connection::{Pool, WalRestart},
     tx::{Mode, WriteTx, WriterMemory},
     units::{self, OnUniqueViolation, ReadAhead, WriteUnit},
 };
@@ -37,17 +37,17 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    /// Starts the writer threads; each tells `hub` of the events it commits.
-    pub(crate) fn start(pool: Pool, threads: usize, hub: EventHub) -> std::io::Result<Self> {
+    /// Starts the writer threads.
+    pub(crate) fn start(deps: WriterDeps, threads: usize) -> std::io::Result<Self> {
         let (queue, receiver) = mpsc::channel::<Box<dyn Job>>();
         let receiver = Arc::new(Mutex::new(receiver));
+        let deps = Arc::new(deps);
         for index in 0..threads.max(1) {
-            let pool = pool.clone();
+            let deps = Arc::clone(&deps);
             let receiver = Arc::clone(&receiver);
-            let hub = hub.clone();
             std::thread::Builder::new()
                 .name(format!("minicrm-writer-{index}"))
-                .spawn(move || serve(&pool, &receiver, &hub))?;
+                .spawn(move || serve(&deps, &receiver))?;
         }
         Ok(Self { queue })
     }
@@ -128,20 +128,32 @@ impl<U: WriteUnit> Job for Queued<U> {
     }
 }
 
-fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>, hub: &EventHub) {
+/// What a writer thread works with, besides its queue.
+pub(crate) struct WriterDeps {
+    pub(crate) pool: Pool,
+    /// Where committed events are announced.
+    pub(crate) hub: EventHub,
+    /// SQLite: the checkpointer's requests to restart the WAL between batches.
+    pub(crate) wal: Option<Arc<WalRestart>>,
+}
+
+fn serve(deps: &WriterDeps, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
     let mut memory = WriterMemory::default();
     let mut rng = rand::rng();
     while let Some(mut batch) = next_batch(receiver) {
         let started = std::time::Instant::now();
-        let committed = match pool.get() {
-            Ok(mut connection) => run_batch(
-                &mut connection,
-                &mut memory,
-                &mut rng,
-                &mut batch,
-                Mode::Direct,
-            ),
-            Err(error) => Err(Error::Pool(error)),
+        let (committed, connection) = match deps.pool.get() {
+            Ok(mut connection) => {
+                let committed = run_batch(
+                    &mut connection,
+                    &mut memory,
+                    &mut rng,
+                    &mut batch,
+                    Mode::Direct,
+                );
+                (committed, Some(connection))
+            }
+            Err(error) => (Err(Error::Pool(error)), None),
         };
         tracing::trace!(
             units = batch.len(),
@@ -154,13 +166,16 @@ fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>, hub: &EventHub) 
             ..
         }) = committed
         {
-            hub.published(last);
+            deps.hub.published(last);
         }
         if let Err(error) = &committed {
             tracing::warn!(%error, units = batch.len(), "write transaction failed");
         }
         for job in batch {
             job.finish(committed.as_ref().map(|_| ()));
+        }
+        if let (Ok(_), Some(mut connection), Some(wal)) = (&committed, connection, &deps.wal) {
+            wal.restart_if_due(&mut connection);
         }
     }
 }

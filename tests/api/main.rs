@@ -13,3 +13,4 @@ mod leads;
 mod operators;
 mod service;
 mod sources;
+mod wal;
