@@ -14,3 +14,4 @@ mod operators;
 mod service;
 mod sources;
 mod wal;
+mod walkthrough;
