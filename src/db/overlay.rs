@@ -141,7 +141,13 @@ impl ContactOverlay {
     ) -> QueryResult<Option<i64>> {
         loop {
             let queue = self.queues.entry(source_id).or_default();
-            let Some(id) = queue.peek(reader, source_id, &mut Vec::new())? else {
+            let mut read = Vec::new();
+            let head = queue.peek(reader, source_id, &mut read)?;
+            // Rows a refill read are kept, so taking them costs no query.
+            for row in read {
+                self.remember(row);
+            }
+            let Some(id) = head else {
                 return Ok(None);
             };
             let still_pending = match self.rows.get(&id) {
@@ -151,7 +157,7 @@ impl ContactOverlay {
             if still_pending {
                 return Ok(Some(id));
             }
-            queue.pop(id);
+            self.queue(source_id).pop(id);
         }
     }
 
