@@ -333,6 +333,8 @@ mod tests {
             sources::Create(NewSource {
                 bot_id: BotId::parse("bot_id", "bot").unwrap(),
                 name: SourceName::parse("name", "Bot").unwrap(),
+                accept_timeout: None,
+                sticky_window: None,
             }),
         );
         run_one(
