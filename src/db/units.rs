@@ -125,7 +125,14 @@ pub(crate) fn run<U: WriteUnit>(tx: &mut WriteTx<'_>, unit: &U) -> Result<U::Out
                 reader: Reader::new(connection),
                 mode,
                 memory,
-                contacts: state.contacts.as_mut(),
+                // A unit that does not use the buffers reads the stored
+                // rows (the buffers were just written), and leaves no copy
+                // in the overlay that its own statements would make stale.
+                contacts: if U::USES_BUFFERS {
+                    state.contacts.as_mut()
+                } else {
+                    None
+                },
             })?
         };
         match checked {

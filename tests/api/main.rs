@@ -11,5 +11,6 @@ mod dispatch;
 mod events;
 mod leads;
 mod operators;
+mod routing;
 mod service;
 mod sources;
