@@ -942,7 +942,7 @@ async fn update_source_changes_the_fields_present(db: TestDb) {
     );
     assert_eq!(
         app.all_sources().await,
-        [source.clone()],
+        std::slice::from_ref(&source),
         "refusals change nothing"
     );
 
@@ -1102,21 +1102,21 @@ async fn two_replicas_lapse_accept_transfer_and_close_at_once(db: TestDb) {
                 };
                 let contact = contact.into_inner();
                 let outcome = match step % 11 {
-                    0 | 1 | 2 => contacts
+                    0..=2 => contacts
                         .accept_contact(pb::AcceptContactRequest {
                             id,
                             operator_id: contact.operator_id.unwrap_or(0),
                         })
                         .await
                         .map(drop),
-                    3 | 4 => contacts
+                    3..=4 => contacts
                         .transfer_contact(pb::TransferContactRequest {
                             id,
                             operator_id: Some(op_ids[step % op_ids.len()]),
                         })
                         .await
                         .map(drop),
-                    5 | 6 => contacts
+                    5..=6 => contacts
                         .transfer_contact(pb::TransferContactRequest {
                             id,
                             operator_id: None,
