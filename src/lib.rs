@@ -12,6 +12,7 @@ mod db;
 pub mod domain;
 pub mod error;
 pub mod event_stream;
+mod lapses;
 pub mod proto;
 pub mod repository;
 mod retention;

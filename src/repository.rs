@@ -11,7 +11,7 @@ use crate::{
     domain::{
         Contact, ContactEvent, ContactFilter, EventCursor, EventFilter, Lead, NewContact,
         NewOperator, NewSource, Operator, OperatorChanges, Page, PageRequest, Registration,
-        RequestId, Source, SourceKey, StatsReport, Timestamp, WeightTable,
+        RequestId, Source, SourceChanges, SourceKey, StatsReport, Timestamp, WeightTable,
     },
     event_stream::EventHub,
 };
@@ -91,6 +91,24 @@ impl Repository {
         self.writer.run(db::operators::Update { id, changes }).await
     }
 
+    /// ReleaseOperatorContacts: the moved contacts as they are now, by id.
+    pub async fn release_operator_contacts(
+        &self,
+        operator_id: i64,
+        include_accepted: bool,
+    ) -> Result<Vec<Contact>> {
+        self.writer
+            .run(db::routing::Release {
+                operator_id,
+                include_accepted,
+            })
+            .await
+    }
+
+    pub async fn update_source(&self, id: i64, changes: SourceChanges) -> Result<Source> {
+        self.writer.run(db::sources::Update { id, changes }).await
+    }
+
     pub async fn create_source(&self, new: NewSource) -> Result<Source> {
         self.writer.run(db::sources::Create(new)).await
     }
@@ -143,6 +161,40 @@ impl Repository {
 
     pub async fn close_contact(&self, id: i64) -> Result<Contact> {
         self.writer.run(db::contacts::Close(id)).await
+    }
+
+    pub async fn accept_contact(&self, id: i64, operator_id: i64) -> Result<Contact> {
+        self.writer
+            .run(db::routing::Accept { id, operator_id })
+            .await
+    }
+
+    pub async fn transfer_contact(&self, id: i64, operator_id: Option<i64>) -> Result<Contact> {
+        self.writer
+            .run(db::routing::Transfer { id, operator_id })
+            .await
+    }
+
+    /// Lapses up to `limit` of the offers whose accept deadline has passed,
+    /// each in a unit of its own (they share the writer's batches). Returns
+    /// how many were due; those another replica (or an accept) got to
+    /// first are left as they are.
+    pub async fn lapse_due(&self, limit: i64) -> Result<usize> {
+        let due = self
+            .read(move |r| db::routing::due(r, Timestamp::now(), limit))
+            .await?;
+        let count = due.len();
+        let mut lapses = tokio::task::JoinSet::new();
+        for contact_id in due {
+            let writer = self.writer.clone();
+            lapses.spawn(async move { writer.run(db::routing::Lapse { contact_id }).await });
+        }
+        while let Some(lapsed) = lapses.join_next().await {
+            if let Err(error) = lapsed? {
+                tracing::warn!(%error, "a lapse failed; it is tried again");
+            }
+        }
+        Ok(count)
     }
 
     pub async fn get_lead(&self, id: i64) -> Result<Lead> {

@@ -9,6 +9,7 @@ use crate::{
     },
     config::Settings,
     db::{Backend, Database, DatabaseUrl, StartupError},
+    lapses,
     proto::{
         FILE_DESCRIPTOR_SET, contact_service_server::ContactServiceServer,
         operator_service_server::OperatorServiceServer, source_service_server::SourceServiceServer,
@@ -77,12 +78,14 @@ impl Application {
 
         let repository = self.repository;
         let retention = tokio::spawn(retention::run(repository.clone(), self.event_retention));
+        let lapses = tokio::spawn(lapses::run(repository.clone()));
         let hub = repository.event_hub().clone();
         let shutdown = async move {
             shutdown.await;
             // Watch streams end (UNAVAILABLE), so in-flight calls can finish.
             hub.close();
             retention.abort();
+            lapses.abort();
         };
         Server::builder()
             // One span and one log line per call, health and reflection included.

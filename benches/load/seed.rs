@@ -74,6 +74,7 @@ async fn source_with_operators(
         .create_source(pb::CreateSourceRequest {
             bot_id: bot_id.into(),
             name: bot_id.into(),
+            ..Default::default()
         })
         .await
         .expect("create source")

@@ -110,6 +110,32 @@ impl ContactService for ContactApi {
         ))
     }
 
+    async fn accept_contact(
+        &self,
+        request: Request<pb::AcceptContactRequest>,
+    ) -> Result<Response<pb::Contact>, Status> {
+        let pb::AcceptContactRequest { id, operator_id } = request.into_inner();
+        Ok(Response::new(
+            self.repository
+                .accept_contact(id, operator_id)
+                .await?
+                .into(),
+        ))
+    }
+
+    async fn transfer_contact(
+        &self,
+        request: Request<pb::TransferContactRequest>,
+    ) -> Result<Response<pb::Contact>, Status> {
+        let pb::TransferContactRequest { id, operator_id } = request.into_inner();
+        Ok(Response::new(
+            self.repository
+                .transfer_contact(id, operator_id)
+                .await?
+                .into(),
+        ))
+    }
+
     async fn get_lead(
         &self,
         request: Request<pb::GetLeadRequest>,
@@ -255,6 +281,9 @@ impl From<Contact> for pb::Contact {
             assigned_at,
             closed_at,
             request_id,
+            accepted_at,
+            accept_deadline,
+            lapses,
         } = contact;
         Self {
             id,
@@ -266,6 +295,9 @@ impl From<Contact> for pb::Contact {
             assigned_at: assigned_at.map(timestamp),
             closed_at: closed_at.map(timestamp),
             request_id: request_id.unwrap_or_default(),
+            accepted_at: accepted_at.map(timestamp),
+            accept_deadline: accept_deadline.map(timestamp),
+            lapses,
         }
     }
 }
@@ -304,6 +336,7 @@ impl From<StatsReport> for pb::GetOperatorStatsResponse {
                         active,
                         closed,
                         total,
+                        lapsed,
                     } = row;
                     pb::OperatorSourceStats {
                         operator_id,
@@ -311,6 +344,7 @@ impl From<StatsReport> for pb::GetOperatorStatsResponse {
                         active,
                         closed,
                         total,
+                        lapsed,
                     }
                 })
                 .collect(),

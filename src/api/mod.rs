@@ -34,6 +34,14 @@ pub(crate) fn timestamp(time: Timestamp) -> prost_types::Timestamp {
     }
 }
 
+pub(crate) fn duration(duration: std::time::Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        // Below 1_000_000_000, so it fits an i32.
+        nanos: duration.subsec_nanos() as i32,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,6 +75,23 @@ impl OperatorService for OperatorApi {
             self.repository.update_operator(id, changes).await?.into(),
         ))
     }
+
+    async fn release_operator_contacts(
+        &self,
+        request: Request<pb::ReleaseOperatorContactsRequest>,
+    ) -> Result<Response<pb::ReleaseOperatorContactsResponse>, Status> {
+        let pb::ReleaseOperatorContactsRequest {
+            operator_id,
+            include_accepted,
+        } = request.into_inner();
+        let moved = self
+            .repository
+            .release_operator_contacts(operator_id, include_accepted)
+            .await?;
+        Ok(Response::new(pb::ReleaseOperatorContactsResponse {
+            contacts: moved.into_iter().map(Into::into).collect(),
+        }))
+    }
 }
 
 impl TryFrom<pb::CreateOperatorRequest> for NewOperator {

@@ -1,9 +1,12 @@
 use tonic::{Request, Response, Status};
 
-use super::{timestamp, unknown_id_first};
+use super::{duration, timestamp, unknown_id_first};
 use crate::{
     Error, Result,
-    domain::{BotId, NewSource, PageRequest, Source, SourceKey, SourceName, WeightTable},
+    domain::{
+        BotId, NewSource, PageRequest, RoutingSetting, Source, SourceChanges, SourceKey,
+        SourceName, WeightTable,
+    },
     proto::{self as pb, source_service_server::SourceService},
     repository::Repository,
 };
@@ -27,6 +30,24 @@ impl SourceService for SourceApi {
         let new = NewSource::try_from(request.into_inner())?;
         Ok(Response::new(
             self.repository.create_source(new).await?.into(),
+        ))
+    }
+
+    async fn update_source(
+        &self,
+        request: Request<pb::UpdateSourceRequest>,
+    ) -> Result<Response<pb::Source>, Status> {
+        let request = request.into_inner();
+        let id = request.id;
+        let changes = match parse_update(request) {
+            Ok(changes) => changes,
+            Err(invalid) => {
+                let lookup = self.repository.get_source(SourceKey::Id(id));
+                return Err(unknown_id_first(invalid, lookup).await.into());
+            }
+        };
+        Ok(Response::new(
+            self.repository.update_source(id, changes).await?.into(),
         ))
     }
 
@@ -111,12 +132,70 @@ impl TryFrom<pb::CreateSourceRequest> for NewSource {
     type Error = Error;
 
     fn try_from(request: pb::CreateSourceRequest) -> Result<Self> {
-        let pb::CreateSourceRequest { bot_id, name } = request;
+        let pb::CreateSourceRequest {
+            bot_id,
+            name,
+            accept_timeout,
+            sticky_window,
+        } = request;
         Ok(Self {
             bot_id: BotId::parse("bot_id", &bot_id)?,
             name: SourceName::parse("name", &name)?,
+            accept_timeout: accept_timeout
+                .map(|timeout| {
+                    let prost_types::Duration { seconds, nanos } = timeout;
+                    RoutingSetting::parse_present(
+                        "accept_timeout",
+                        seconds,
+                        nanos,
+                        RoutingSetting::ACCEPT_TIMEOUT_MAX,
+                    )
+                })
+                .transpose()?,
+            sticky_window: sticky_window
+                .map(|window| {
+                    let prost_types::Duration { seconds, nanos } = window;
+                    RoutingSetting::parse_present(
+                        "sticky_window",
+                        seconds,
+                        nanos,
+                        RoutingSetting::STICKY_WINDOW_MAX,
+                    )
+                })
+                .transpose()?,
         })
     }
+}
+
+/// An UpdateSource's changes; a zero duration turns its feature off.
+fn parse_update(request: pb::UpdateSourceRequest) -> Result<SourceChanges> {
+    let pb::UpdateSourceRequest {
+        id: _,
+        name,
+        accept_timeout,
+        sticky_window,
+    } = request;
+    let setting = |field: &str, value: Option<prost_types::Duration>, max| {
+        value
+            .map(|prost_types::Duration { seconds, nanos }| {
+                RoutingSetting::parse(field, seconds, nanos, max)
+            })
+            .transpose()
+    };
+    SourceChanges::new(
+        name.map(|name| SourceName::parse("name", &name))
+            .transpose()?,
+        setting(
+            "accept_timeout",
+            accept_timeout,
+            RoutingSetting::ACCEPT_TIMEOUT_MAX,
+        )?,
+        setting(
+            "sticky_window",
+            sticky_window,
+            RoutingSetting::STICKY_WINDOW_MAX,
+        )?,
+    )
 }
 
 impl From<Source> for pb::Source {
@@ -126,12 +205,16 @@ impl From<Source> for pb::Source {
             bot_id,
             name,
             created_at,
+            accept_timeout,
+            sticky_window,
         } = source;
         Self {
             id,
             bot_id,
             name,
             created_at: Some(timestamp(created_at)),
+            accept_timeout: accept_timeout.map(duration),
+            sticky_window: sticky_window.map(duration),
         }
     }
 }

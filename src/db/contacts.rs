@@ -1,7 +1,9 @@
 use diesel::prelude::*;
 
 use super::{
-    counts, dispatch, events, leads, loads, locks,
+    counts, dispatch, events,
+    guard::unchanged,
+    leads, loads, locks,
     models::{ContactRow, NewContactRow},
     operators,
     reader::{Reader, keyset_page},
@@ -14,8 +16,8 @@ use super::{
 use crate::{
     Error, Result,
     domain::{
-        Contact, ContactEventType, ContactFilter, ContactStatus, NewContact, Page, PageRequest,
-        Registration, RequestId, Timestamp,
+        Assignment, AssignmentReason, Contact, ContactEventType, ContactFilter, ContactStatus,
+        NewContact, Page, PageRequest, Registration, RequestId, Timestamp,
     },
     error::Fault,
 };
@@ -64,12 +66,26 @@ impl WriteUnit for Register {
     fn apply(&self, tx: &mut WriteTx<'_>, source_id: i64) -> Result<Registration, Fault> {
         let Self(new) = self;
         let (lead, lead_created) = leads::find_or_create(tx, &new.lead)?;
-        // Under the source's locks (see [`locks`]) the candidates are exact:
-        // no capacity event can slip in between this draw and the commit.
-        // `None` leaves the contact PENDING.
-        let claim = loads::claim_for_source(tx, source_id)?;
-        let operator_id = claim.as_ref().map(|claim| claim.operator_id);
+        // On PostgreSQL this takes the source's locks (see [`locks`]), under
+        // which the candidates are exact: no capacity event can slip in
+        // between this draw and the commit.
+        let settings = sources::settings(tx, source_id)?;
         let now = Timestamp::now().as_micros();
+        let sticky = match settings.sticky_window {
+            Some(window) if !lead_created => sticky_operator(tx, source_id, lead.id, now, window)?,
+            _ => None,
+        };
+        // `None` leaves the contact PENDING.
+        let assignment = match sticky {
+            Some(operator_id) => Some(Assignment {
+                reason: AssignmentReason::Sticky,
+                operator_id,
+                candidates: Vec::new(),
+            }),
+            None => loads::claim_for_source(tx, source_id)?.map(loads::Claim::assignment),
+        };
+        let operator_id = assignment.as_ref().map(|assignment| assignment.operator_id);
+        let accept_deadline = operator_id.and_then(|_| settings.deadline(now));
         let status = match operator_id {
             Some(_) => ContactStatus::Active,
             None => ContactStatus::Pending,
@@ -85,6 +101,10 @@ impl WriteUnit for Register {
             closed_at: None,
             request_id: new.request_id.as_ref().map(|id| id.as_str().to_owned()),
             lead_created,
+            accepted_at: None,
+            accept_deadline,
+            lapses: 0,
+            lapsed_with: None,
         };
         // In `Direct` mode the contact joins the batch's one multi-row insert
         // at commit.
@@ -105,6 +125,7 @@ impl WriteUnit for Register {
                     assigned_at: staged.assigned_at,
                     request_id: new.request_id.as_ref().map(RequestId::as_str),
                     lead_created,
+                    accept_deadline,
                 })
                 .returning(contacts::all_columns)
                 .get_result_on(tx.connection())?,
@@ -113,7 +134,6 @@ impl WriteUnit for Register {
             Some(operator_id) => counts::assigned(tx, operator_id, source_id),
             None => counts::pending(tx, source_id, 1),
         }
-        let assignment = claim.map(loads::Claim::assignment);
         events::record(tx, ContactEventType::Registered, &row, None, assignment);
         Ok(Registration {
             contact: row.into(),
@@ -121,6 +141,46 @@ impl WriteUnit for Register {
             lead_created,
         })
     }
+}
+
+/// Sticky routing: the operator of the lead's most recent contact that has
+/// one, if that contact was created within `window` (microseconds) and the
+/// operator is one of the source's candidates now; its slot is taken.
+fn sticky_operator(
+    tx: &mut WriteTx<'_>,
+    source_id: i64,
+    lead_id: i64,
+    now: i64,
+    window: i64,
+) -> Result<Option<i64>, Fault> {
+    // Newest first through the (lead_id, id) index: few of a lead's
+    // contacts are without an operator.
+    let stored: Option<(i64, Option<i64>, i64)> = tx
+        .reader()
+        .first(
+            contacts::table
+                .filter(contacts::lead_id.eq(lead_id))
+                .filter(contacts::operator_id.is_not_null())
+                .order(contacts::id.desc())
+                .select((contacts::id, contacts::operator_id, contacts::created_at)),
+        )
+        .optional()?;
+    let buffered = tx
+        .state
+        .contacts
+        .as_ref()
+        .and_then(|overlay| overlay.latest_assigned(lead_id));
+    let latest = match (stored, buffered) {
+        (Some(stored), Some(buffered)) => Some(stored.max(buffered)),
+        (stored, buffered) => stored.or(buffered),
+    };
+    let Some((_, Some(operator_id), created_at)) = latest else {
+        return Ok(None);
+    };
+    if now.saturating_sub(created_at) > window {
+        return Ok(None);
+    }
+    Ok(loads::claim_candidate(tx, source_id, operator_id)?.then_some(operator_id))
 }
 
 /// The idempotency rule, in one place: the registration an earlier call made
@@ -243,23 +303,21 @@ impl WriteUnit for Close {
         let close = |row: &mut ContactRow| {
             row.status = ContactStatus::Closed.code();
             row.closed_at = Some(now);
+            row.accept_deadline = None;
         };
         let closed = match &mut tx.state.contacts {
             Some(overlay) => overlay.update(row.id, close)?,
             None => {
-                // Guarded by the status the check read: if a concurrent
+                // Guarded by what the check read: if a concurrent
                 // transaction changed the contact meanwhile, this matches
                 // nothing, and the transaction runs again.
-                let written = diesel::update(
-                    contacts::table
-                        .find(row.id)
-                        .filter(contacts::status.eq(row.status)),
-                )
-                .set((
-                    contacts::status.eq(ContactStatus::Closed.code()),
-                    contacts::closed_at.eq(Some(now)),
-                ))
-                .execute_on(tx.connection())?;
+                let written = diesel::update(unchanged!(&row))
+                    .set((
+                        contacts::status.eq(ContactStatus::Closed.code()),
+                        contacts::closed_at.eq(Some(now)),
+                        contacts::accept_deadline.eq(None::<i64>),
+                    ))
+                    .execute_on(tx.connection())?;
                 if written == 0 {
                     return Err(Fault::Conflict(format!("contact {} changed", row.id)));
                 }

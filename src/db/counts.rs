@@ -18,6 +18,7 @@ pub(super) struct PairDelta {
     active: i64,
     closed: i64,
     total: i64,
+    lapsed: i64,
 }
 
 /// Counter changes of a transaction, summed per row.
@@ -33,6 +34,7 @@ impl Deltas {
         sum.active += change.active;
         sum.closed += change.closed;
         sum.total += change.total;
+        sum.lapsed += change.lapsed;
     }
 }
 
@@ -74,6 +76,28 @@ pub(super) fn assigned(tx: &mut WriteTx<'_>, operator_id: i64, source_id: i64) {
         active: 1,
         closed: 0,
         total: 1,
+        lapsed: 0,
+    };
+    tx.state.counters.pair(operator_id, source_id, change);
+}
+
+/// An ACTIVE contact of the source was taken from the operator (a lapse, a
+/// transfer, a release): it counts with its next operator, if any.
+pub(super) fn taken_away(tx: &mut WriteTx<'_>, operator_id: i64, source_id: i64) {
+    let change = PairDelta {
+        active: -1,
+        closed: 0,
+        total: -1,
+        lapsed: 0,
+    };
+    tx.state.counters.pair(operator_id, source_id, change);
+}
+
+/// A contact of the source lapsed from the operator.
+pub(super) fn lapsed(tx: &mut WriteTx<'_>, operator_id: i64, source_id: i64) {
+    let change = PairDelta {
+        lapsed: 1,
+        ..PairDelta::default()
     };
     tx.state.counters.pair(operator_id, source_id, change);
 }
@@ -84,6 +108,7 @@ pub(super) fn closed(tx: &mut WriteTx<'_>, operator_id: i64, source_id: i64) {
         active: -1,
         closed: 1,
         total: 0,
+        lapsed: 0,
     };
     tx.state.counters.pair(operator_id, source_id, change);
 }
@@ -105,6 +130,7 @@ pub(super) fn flush(tx: &mut WriteTx<'_>) -> Result<(), Fault> {
                 contact_counts::active.eq(contact_counts::active + delta.active),
                 contact_counts::closed.eq(contact_counts::closed + delta.closed),
                 contact_counts::total.eq(contact_counts::total + delta.total),
+                contact_counts::lapsed.eq(contact_counts::lapsed + delta.lapsed),
             ))
             .execute_on(tx.connection())?;
     }
@@ -130,11 +156,13 @@ mod tests {
             active: 1,
             closed: 0,
             total: 1,
+            lapsed: 0,
         };
         let closed = PairDelta {
             active: -1,
             closed: 1,
             total: 0,
+            lapsed: 0,
         };
         deltas.pair(1, 3, assigned);
         deltas.pair(1, 3, assigned);
@@ -145,7 +173,8 @@ mod tests {
             PairDelta {
                 active: 1,
                 closed: 1,
-                total: 2
+                total: 2,
+                lapsed: 0,
             }
         );
         assert_eq!(deltas.pairs[&(2, 3)], assigned);

@@ -8,7 +8,7 @@ use diesel::prelude::*;
 
 use super::{
     counts, events, loads, models::ContactRow, overlay::PendingQueue, reader::Reader, run::RunOn,
-    schema::contacts, tx::WriteTx,
+    schema::contacts, sources, tx::WriteTx,
 };
 use crate::{
     domain::{ContactEventType, ContactStatus, Timestamp},
@@ -101,10 +101,12 @@ fn assign(
     operator_id: i64,
 ) -> Result<Option<ContactRow>, Fault> {
     let now = Timestamp::now().as_micros();
+    let deadline = sources::settings(tx, source_id)?.deadline(now);
     let give = |row: &mut ContactRow| {
         row.status = ContactStatus::Active.code();
         row.operator_id = Some(operator_id);
         row.assigned_at = Some(now);
+        row.accept_deadline = deadline;
     };
     let WriteTx {
         connection, state, ..
@@ -123,6 +125,7 @@ fn assign(
         contacts::status.eq(ContactStatus::Active.code()),
         contacts::operator_id.eq(Some(operator_id)),
         contacts::assigned_at.eq(Some(now)),
+        contacts::accept_deadline.eq(deadline),
     ))
     .returning(contacts::all_columns)
     .get_result_on(connection)

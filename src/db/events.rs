@@ -85,6 +85,9 @@ pub(super) fn flush(tx: &mut WriteTx<'_>) -> Result<Option<i64>, Fault> {
                 closed_at: contact.closed_at,
                 reason: assignment.as_ref().map(|a| a.reason.code()),
                 candidates: assignment.map(|a| CandidateLoad::pack(&a.candidates)),
+                accepted_at: contact.accepted_at,
+                accept_deadline: contact.accept_deadline,
+                lapses: contact.lapses,
             }
         })
         .collect();
@@ -127,6 +130,9 @@ impl From<(EventRow, Unchanging)> for ContactEvent {
             closed_at,
             reason,
             candidates,
+            accepted_at,
+            accept_deadline,
+            lapses,
         } = row;
         let assignment = reason
             .and_then(crate::domain::AssignmentReason::from_code)
@@ -154,6 +160,9 @@ impl From<(EventRow, Unchanging)> for ContactEvent {
                 assigned_at: assigned_at.map(Timestamp::from_micros),
                 closed_at: closed_at.map(Timestamp::from_micros),
                 request_id,
+                accepted_at: accepted_at.map(Timestamp::from_micros),
+                accept_deadline: accept_deadline.map(Timestamp::from_micros),
+                lapses,
             },
             previous_operator_id,
             assignment,

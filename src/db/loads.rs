@@ -180,7 +180,18 @@ pub(super) fn claim_for_source(
     tx: &mut WriteTx<'_>,
     source_id: i64,
 ) -> Result<Option<Claim>, Fault> {
-    let candidates = current_candidates(tx, source_id)?;
+    claim_excluding(tx, source_id, &[])
+}
+
+/// [`claim_for_source`] among the candidates other than `excluded` (a
+/// transfer's current operator, the operators a contact lapsed with).
+pub(super) fn claim_excluding(
+    tx: &mut WriteTx<'_>,
+    source_id: i64,
+    excluded: &[i64],
+) -> Result<Option<Claim>, Fault> {
+    let mut candidates = current_candidates(tx, source_id)?;
+    candidates.retain(|candidate| !excluded.contains(&candidate.operator_id));
     let draw: Vec<Candidate> = candidates
         .iter()
         .map(|candidate| Candidate {
@@ -207,6 +218,37 @@ pub(super) fn claim_for_source(
         operator_id,
         candidates,
     }))
+}
+
+/// Sticky routing: takes one unit of the operator's load if it is one of
+/// the source's candidates now (in its weight table, active, below its
+/// limit). `false`: it is not, and nothing changed.
+pub(super) fn claim_candidate(
+    tx: &mut WriteTx<'_>,
+    source_id: i64,
+    operator_id: i64,
+) -> Result<bool, Fault> {
+    let candidates = current_candidates(tx, source_id)?;
+    if !candidates
+        .iter()
+        .any(|candidate| candidate.operator_id == operator_id)
+    {
+        return Ok(false);
+    }
+    take(tx, operator_id)
+}
+
+/// Takes one unit of the named operator's load if it is active and below
+/// its limit, whatever its sources (a transfer to a named operator). On
+/// PostgreSQL the caller holds the operator's lock.
+pub(super) fn take(tx: &mut WriteTx<'_>, operator_id: i64) -> Result<bool, Fault> {
+    if let Loads::Cached(cache) = &mut tx.state.loads
+        && cache.operators.contains_key(&operator_id)
+    {
+        return Ok(cache.take(operator_id));
+    }
+    // Not cached: written at once, and read from the row by a later cache.
+    take_slot(tx.connection, operator_id)
 }
 
 /// Whether any operator of the source could take a contact now.

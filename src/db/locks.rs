@@ -21,7 +21,7 @@ use super::{
     schema::{operators, source_operators, sources},
     tx::WriteTx,
 };
-use crate::error::Fault;
+use crate::{db::sources::Settings as SourceSettings, error::Fault};
 
 /// Locks the sources and all their operators, unless this transaction already holds them.
 pub(super) fn sources(tx: &mut WriteTx<'_>, source_ids: &[i64]) -> Result<(), Fault> {
@@ -39,12 +39,25 @@ pub(super) fn sources(tx: &mut WriteTx<'_>, source_ids: &[i64]) -> Result<(), Fa
     }
     wanted.sort_unstable();
     wanted.dedup();
-    sources::table
+    // The routing settings come with the lock, at no extra round trip; an
+    // UpdateSource (FOR UPDATE, see [`source_settings`]) waits for this
+    // transaction, so they stay true until it commits.
+    let rows: Vec<(i64, Option<i64>, Option<i64>)> = sources::table
         .filter(sources::id.eq_any(&wanted))
         .order(sources::id)
-        .select(sources::id)
+        .select((
+            sources::id,
+            sources::accept_timeout_nanos,
+            sources::sticky_window_nanos,
+        ))
         .for_key_share()
-        .load::<i64>(pg)?;
+        .load(pg)?;
+    for (id, accept_timeout, sticky_window) in rows {
+        tx.state.settings.insert(
+            id,
+            SourceSettings::from_nanos(accept_timeout, sticky_window),
+        );
+    }
     operators::table
         .filter(
             operators::id.eq_any(
@@ -57,7 +70,7 @@ pub(super) fn sources(tx: &mut WriteTx<'_>, source_ids: &[i64]) -> Result<(), Fa
         .select(operators::id)
         .for_update()
         .load::<i64>(pg)?;
-    locked.extend(wanted);
+    tx.state.locked_sources.extend(wanted);
     Ok(())
 }
 
@@ -94,6 +107,21 @@ pub(super) fn operator_sources(
     }
     tx.state.served.insert(operator_id, served.clone());
     Ok(served)
+}
+
+/// Taken before a source's routing settings change: conflicts with the KEY
+/// SHARE lock of [`sources`], under which transactions read the settings, so
+/// the change waits for them and they wait for it.
+pub(super) fn source_settings(tx: &mut WriteTx<'_>, source_id: i64) -> Result<(), Fault> {
+    if let DbConnection::Postgres(pg) = &mut *tx.connection {
+        sources::table
+            .find(source_id)
+            .select(sources::id)
+            .for_update()
+            .load::<i64>(pg)?;
+    }
+    tx.state.settings.remove(&source_id);
+    Ok(())
 }
 
 /// Taken before a source's weight table is replaced: conflicts with the

@@ -33,6 +33,8 @@ pub struct SourceRow {
     pub bot_id: String,
     pub name: String,
     pub created_at: i64,
+    pub accept_timeout_nanos: Option<i64>,
+    pub sticky_window_nanos: Option<i64>,
 }
 
 #[derive(Debug, Insertable)]
@@ -41,6 +43,17 @@ pub struct NewSourceRow<'a> {
     pub bot_id: &'a str,
     pub name: &'a str,
     pub created_at: i64,
+    pub accept_timeout_nanos: Option<i64>,
+    pub sticky_window_nanos: Option<i64>,
+}
+
+/// A duration as the `sources` table stores it: nanoseconds.
+pub fn nanos(duration: std::time::Duration) -> i64 {
+    i64::try_from(duration.as_nanos()).unwrap_or(i64::MAX)
+}
+
+fn duration(nanos: i64) -> std::time::Duration {
+    std::time::Duration::from_nanos(nanos.unsigned_abs())
 }
 
 #[derive(Debug, Queryable, Selectable, Insertable)]
@@ -89,6 +102,34 @@ pub struct ContactRow {
     pub closed_at: Option<i64>,
     pub request_id: Option<String>,
     pub lead_created: bool,
+    pub accepted_at: Option<i64>,
+    pub accept_deadline: Option<i64>,
+    pub lapses: i32,
+    /// The operators it lapsed with since it was last PENDING (see
+    /// [`ContactRow::lapsed_with`]).
+    pub lapsed_with: Option<String>,
+}
+
+impl ContactRow {
+    /// The operators the contact lapsed with since it was last PENDING.
+    pub fn lapsed_with(&self) -> Vec<i64> {
+        self.lapsed_with
+            .as_deref()
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|id| id.trim().parse().ok())
+            .collect()
+    }
+
+    pub fn set_lapsed_with(&mut self, operators: &[i64]) {
+        self.lapsed_with = (!operators.is_empty()).then(|| {
+            operators
+                .iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        });
+    }
 }
 
 #[derive(Debug, Insertable)]
@@ -102,6 +143,7 @@ pub struct NewContactRow<'a> {
     pub assigned_at: Option<i64>,
     pub request_id: Option<&'a str>,
     pub lead_created: bool,
+    pub accept_deadline: Option<i64>,
 }
 
 impl From<OperatorRow> for Operator {
@@ -132,12 +174,16 @@ impl From<SourceRow> for Source {
             bot_id,
             name,
             created_at,
+            accept_timeout_nanos,
+            sticky_window_nanos,
         } = row;
         Self {
             id,
             bot_id,
             name,
             created_at: Timestamp::from_micros(created_at),
+            accept_timeout: accept_timeout_nanos.map(duration),
+            sticky_window: sticky_window_nanos.map(duration),
         }
     }
 }
@@ -176,6 +222,10 @@ impl From<ContactRow> for Contact {
             closed_at,
             request_id,
             lead_created: _,
+            accepted_at,
+            accept_deadline,
+            lapses,
+            lapsed_with: _,
         } = row;
         Self {
             id,
@@ -188,6 +238,9 @@ impl From<ContactRow> for Contact {
             assigned_at: assigned_at.map(Timestamp::from_micros),
             closed_at: closed_at.map(Timestamp::from_micros),
             request_id,
+            accepted_at: accepted_at.map(Timestamp::from_micros),
+            accept_deadline: accept_deadline.map(Timestamp::from_micros),
+            lapses,
         }
     }
 }
@@ -208,4 +261,7 @@ pub struct EventRow {
     pub closed_at: Option<i64>,
     pub reason: Option<i32>,
     pub candidates: Option<Vec<u8>>,
+    pub accepted_at: Option<i64>,
+    pub accept_deadline: Option<i64>,
+    pub lapses: i32,
 }

@@ -42,9 +42,34 @@ pub(super) struct ContactOverlay {
 #[derive(Debug, Clone)]
 struct Entry {
     row: ContactRow,
-    /// The status the stored row had when read; `None` for a new contact.
-    stored_status: Option<i32>,
+    /// The stored row as read; `None` for a new contact.
+    stored: Option<Stored>,
     changed: bool,
+}
+
+/// What the update at commit checks is unchanged in a stored row: on
+/// PostgreSQL another transaction may have moved the contact since it was
+/// read (a lapse, a transfer, an accept keep its status). On SQLite the
+/// batch read it in its own write transaction, so the status suffices.
+#[derive(Debug, Clone, Copy)]
+struct Stored {
+    status: i32,
+    operator_id: Option<i64>,
+    assigned_at: Option<i64>,
+    accepted_at: Option<i64>,
+    accept_deadline: Option<i64>,
+}
+
+impl Stored {
+    fn of(row: &ContactRow) -> Self {
+        Self {
+            status: row.status,
+            operator_id: row.operator_id,
+            assigned_at: row.assigned_at,
+            accepted_at: row.accepted_at,
+            accept_deadline: row.accept_deadline,
+        }
+    }
 }
 
 impl ContactOverlay {
@@ -69,10 +94,10 @@ impl ContactOverlay {
     }
 
     fn remember(&mut self, row: ContactRow) {
-        let status = row.status;
+        let stored = Stored::of(&row);
         self.rows.entry(row.id).or_insert(Entry {
             row,
-            stored_status: Some(status),
+            stored: Some(stored),
             changed: false,
         });
     }
@@ -93,6 +118,17 @@ impl ContactOverlay {
         Ok(stored)
     }
 
+    /// The newest contact of the lead this batch holds that has an operator:
+    /// (id, operator, created_at).
+    pub(super) fn latest_assigned(&self, lead_id: i64) -> Option<(i64, Option<i64>, i64)> {
+        self.rows
+            .values()
+            .map(|entry| &entry.row)
+            .filter(|row| row.lead_id == lead_id && row.operator_id.is_some())
+            .map(|row| (row.id, row.operator_id, row.created_at))
+            .max()
+    }
+
     /// Stages a new contact with an id taken ahead; `None` (nothing staged)
     /// when no id is left.
     pub(super) fn insert(&mut self, mut row: ContactRow) -> Option<ContactRow> {
@@ -105,7 +141,7 @@ impl ContactOverlay {
             row.id,
             Entry {
                 row: row.clone(),
-                stored_status: None,
+                stored: None,
                 changed: true,
             },
         );
@@ -189,10 +225,10 @@ impl ContactOverlay {
                 .values(&inserted)
                 .execute_on(connection)?;
         }
-        let changed: Vec<(i32, ContactRow)> = rows
+        let changed: Vec<(Stored, ContactRow)> = rows
             .into_values()
             .filter(|entry| entry.changed)
-            .filter_map(|entry| Some((entry.stored_status?, entry.row)))
+            .filter_map(|entry| Some((entry.stored?, entry.row)))
             .collect();
         if changed.is_empty() {
             return Ok(());
@@ -205,13 +241,14 @@ impl ContactOverlay {
                     written += diesel::update(
                         contacts::table
                             .find(row.id)
-                            .filter(contacts::status.eq(was)),
+                            .filter(contacts::status.eq(was.status)),
                     )
                     .set((
                         contacts::status.eq(row.status),
                         contacts::operator_id.eq(row.operator_id),
                         contacts::assigned_at.eq(row.assigned_at),
                         contacts::closed_at.eq(row.closed_at),
+                        contacts::accept_deadline.eq(row.accept_deadline),
                     ))
                     .execute_on(connection)?;
                 }
@@ -230,22 +267,35 @@ impl ContactOverlay {
     }
 }
 
-/// One UPDATE for every changed contact, each guarded by the status it was
-/// read with.
-fn update_all(pg: &mut PgConnection, changed: &[(i32, ContactRow)]) -> QueryResult<usize> {
+/// One UPDATE for every changed contact, each guarded by what it was read
+/// with (see [`Stored`]).
+fn update_all(pg: &mut PgConnection, changed: &[(Stored, ContactRow)]) -> QueryResult<usize> {
     use diesel::sql_types::{Array, BigInt, Integer, Nullable};
-    let column = |get: fn(&(i32, ContactRow)) -> Option<i64>| -> Vec<Option<i64>> {
+    let column = |get: fn(&(Stored, ContactRow)) -> Option<i64>| -> Vec<Option<i64>> {
         changed.iter().map(get).collect()
     };
     diesel::sql_query(
         "UPDATE contacts SET status = v.status, operator_id = v.operator_id, \
-         assigned_at = v.assigned_at, closed_at = v.closed_at \
-         FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::bigint[], $6::bigint[]) \
-           AS v(id, was, status, operator_id, assigned_at, closed_at) \
-         WHERE contacts.id = v.id AND contacts.status = v.was",
+         assigned_at = v.assigned_at, closed_at = v.closed_at, \
+         accept_deadline = v.accept_deadline \
+         FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::bigint[], \
+                     $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], \
+                     $11::bigint[]) \
+           AS v(id, was, status, operator_id, assigned_at, closed_at, accept_deadline, \
+                was_operator_id, was_assigned_at, was_accepted_at, was_accept_deadline) \
+         WHERE contacts.id = v.id AND contacts.status = v.was \
+           AND contacts.operator_id IS NOT DISTINCT FROM v.was_operator_id \
+           AND contacts.assigned_at IS NOT DISTINCT FROM v.was_assigned_at \
+           AND contacts.accepted_at IS NOT DISTINCT FROM v.was_accepted_at \
+           AND contacts.accept_deadline IS NOT DISTINCT FROM v.was_accept_deadline",
     )
     .bind::<Array<BigInt>, _>(changed.iter().map(|(_, row)| row.id).collect::<Vec<_>>())
-    .bind::<Array<Integer>, _>(changed.iter().map(|(was, _)| *was).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(
+        changed
+            .iter()
+            .map(|(was, _)| was.status)
+            .collect::<Vec<_>>(),
+    )
     .bind::<Array<Integer>, _>(
         changed
             .iter()
@@ -255,6 +305,11 @@ fn update_all(pg: &mut PgConnection, changed: &[(i32, ContactRow)]) -> QueryResu
     .bind::<Array<Nullable<BigInt>>, _>(column(|(_, row)| row.operator_id))
     .bind::<Array<Nullable<BigInt>>, _>(column(|(_, row)| row.assigned_at))
     .bind::<Array<Nullable<BigInt>>, _>(column(|(_, row)| row.closed_at))
+    .bind::<Array<Nullable<BigInt>>, _>(column(|(_, row)| row.accept_deadline))
+    .bind::<Array<Nullable<BigInt>>, _>(column(|(was, _)| was.operator_id))
+    .bind::<Array<Nullable<BigInt>>, _>(column(|(was, _)| was.assigned_at))
+    .bind::<Array<Nullable<BigInt>>, _>(column(|(was, _)| was.accepted_at))
+    .bind::<Array<Nullable<BigInt>>, _>(column(|(was, _)| was.accept_deadline))
     .execute(pg)
 }
 

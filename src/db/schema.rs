@@ -18,6 +18,8 @@ diesel::table! {
         bot_id -> Text,
         name -> Text,
         created_at -> BigInt,
+        accept_timeout_nanos -> Nullable<BigInt>,
+        sticky_window_nanos -> Nullable<BigInt>,
     }
 }
 
@@ -52,6 +54,10 @@ diesel::table! {
         closed_at -> Nullable<BigInt>,
         request_id -> Nullable<Text>,
         lead_created -> Bool,
+        accepted_at -> Nullable<BigInt>,
+        accept_deadline -> Nullable<BigInt>,
+        lapses -> Integer,
+        lapsed_with -> Nullable<Text>,
     }
 }
 
@@ -68,6 +74,7 @@ diesel::table! {
         active -> BigInt,
         closed -> BigInt,
         total -> BigInt,
+        lapsed -> BigInt,
     }
 }
 
@@ -104,6 +111,9 @@ diesel::table! {
         closed_at -> Nullable<BigInt>,
         reason -> Nullable<Integer>,
         candidates -> Nullable<Binary>,
+        accepted_at -> Nullable<BigInt>,
+        accept_deadline -> Nullable<BigInt>,
+        lapses -> Integer,
     }
 }
 

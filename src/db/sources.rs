@@ -2,18 +2,66 @@ use diesel::prelude::*;
 
 use super::{
     counts, dispatch, locks,
-    models::{NewSourceRow, SourceRow, WeightRow},
+    models::{NewSourceRow, SourceRow, WeightRow, nanos},
     reader::{Reader, keyset_page},
     run::RunOn,
-    schema::{operators, source_operators, sources},
+    schema::{contacts, operators, source_operators, sources},
     tx::{Mode, WriteTx, WriterMemory},
     units::{CheckContext, Checked, OnUniqueViolation, WriteUnit},
 };
 use crate::{
     Error, Result,
-    domain::{NewSource, Page, PageRequest, Source, SourceKey, Timestamp, WeightTable},
+    domain::{
+        NewSource, Page, PageRequest, Source, SourceChanges, SourceKey, Timestamp, WeightTable,
+    },
     error::Fault,
 };
+
+/// A source's routing settings in microseconds, the unit of times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Settings {
+    pub(super) accept_timeout: Option<i64>,
+    pub(super) sticky_window: Option<i64>,
+}
+
+impl Settings {
+    /// From the `sources` columns (nanoseconds).
+    pub(super) fn from_nanos(accept_timeout: Option<i64>, sticky_window: Option<i64>) -> Self {
+        Self {
+            accept_timeout: accept_timeout.map(|nanos| nanos / 1_000),
+            sticky_window: sticky_window.map(|nanos| nanos / 1_000),
+        }
+    }
+
+    /// The accept deadline of a contact assigned at `assigned_at`, if the
+    /// source wants acceptance.
+    pub(super) fn deadline(self, assigned_at: i64) -> Option<i64> {
+        self.accept_timeout
+            .map(|timeout| assigned_at.saturating_add(timeout))
+    }
+}
+
+/// The source's routing settings as this transaction sees them. On
+/// PostgreSQL they come with the source's locks (taken here if not held), on
+/// SQLite from one read per transaction; either way they hold until commit.
+pub(super) fn settings(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Settings, Fault> {
+    locks::sources(tx, &[source_id])?;
+    if let Some(settings) = tx.state.settings.get(&source_id) {
+        return Ok(*settings);
+    }
+    let (accept_timeout, sticky_window): (Option<i64>, Option<i64>) = tx
+        .reader()
+        .first(
+            sources::table
+                .find(source_id)
+                .select((sources::accept_timeout_nanos, sources::sticky_window_nanos)),
+        )
+        .optional()?
+        .ok_or_else(|| Fault::vanished(format_args!("source {source_id}")))?;
+    let settings = Settings::from_nanos(accept_timeout, sticky_window);
+    tx.state.settings.insert(source_id, settings);
+    Ok(settings)
+}
 
 pub(crate) fn get(reader: &mut Reader<'_>, key: &SourceKey) -> Result<Source> {
     let query = sources::table.select(sources::all_columns);
@@ -123,6 +171,8 @@ impl WriteUnit for Create {
                 bot_id: new.bot_id.as_str(),
                 name: new.name.as_str(),
                 created_at: Timestamp::now().as_micros(),
+                accept_timeout_nanos: new.accept_timeout.map(nanos),
+                sticky_window_nanos: new.sticky_window.map(nanos),
             })
             .returning(sources::all_columns)
             .get_result_on(tx.connection())?;
@@ -176,5 +226,62 @@ impl WriteUnit for SetOperators {
         }
         dispatch::pending(tx, &[source_id])?;
         weights(&mut tx.reader(), source_id)
+    }
+}
+
+#[derive(AsChangeset)]
+#[diesel(table_name = sources)]
+struct SourceChangeset<'a> {
+    name: Option<&'a str>,
+    /// `Some(None)` writes NULL: the feature off.
+    accept_timeout_nanos: Option<Option<i64>>,
+    sticky_window_nanos: Option<Option<i64>>,
+}
+
+/// UpdateSource: changes the fields present. A new accept timeout applies
+/// to contacts assigned from then on; turning it off clears the deadlines of
+/// the contacts waiting, which stay with their operators.
+pub(crate) struct Update {
+    pub(crate) id: i64,
+    pub(crate) changes: SourceChanges,
+}
+
+impl WriteUnit for Update {
+    type Output = Source;
+    type Plan = ();
+
+    fn check(&self, context: &mut CheckContext<'_, '_>) -> Result<Checked<(), Source>> {
+        must_exist(&mut context.reader, self.id)?;
+        Ok(Checked::Apply(()))
+    }
+
+    fn apply(&self, tx: &mut WriteTx<'_>, (): ()) -> Result<Source, Fault> {
+        let Self { id, changes } = self;
+        let id = *id;
+        locks::source_settings(tx, id)?;
+        let changeset = SourceChangeset {
+            name: changes.name.as_ref().map(|name| name.as_str()),
+            accept_timeout_nanos: changes.accept_timeout.map(|timeout| timeout.map(nanos)),
+            sticky_window_nanos: changes.sticky_window.map(|window| window.map(nanos)),
+        };
+        diesel::update(sources::table.find(id))
+            .set(&changeset)
+            .execute_on(tx.connection())?;
+        if changes.accept_timeout == Some(None) {
+            // Waiting contacts stay with their operators, with no deadline.
+            diesel::update(
+                contacts::table
+                    .filter(contacts::source_id.eq(id))
+                    .filter(contacts::accept_deadline.is_not_null()),
+            )
+            .set(contacts::accept_deadline.eq(None::<i64>))
+            .execute_on(tx.connection())?;
+        }
+        let row: SourceRow = tx
+            .reader()
+            .first(sources::table.find(id).select(sources::all_columns))
+            .optional()?
+            .ok_or_else(|| Fault::vanished(format_args!("source {id}")))?;
+        Ok(row.into())
     }
 }

@@ -12,9 +12,9 @@ use crate::{
 /// Contact counts per (operator, source) pair and pending counts per source,
 /// read from the counters: the cost grows with the pairs, not the contacts.
 pub(crate) fn report(reader: &mut Reader<'_>) -> Result<StatsReport> {
-    let rows: Vec<(i64, i64, i64, i64, i64)> = reader.load(
+    let rows: Vec<(i64, i64, i64, i64, i64, i64)> = reader.load(
         contact_counts::table
-            .filter(contact_counts::total.gt(0))
+            .filter(contact_counts::total.gt(0).or(contact_counts::lapsed.gt(0)))
             .order((contact_counts::operator_id, contact_counts::source_id))
             .select((
                 contact_counts::operator_id,
@@ -22,6 +22,7 @@ pub(crate) fn report(reader: &mut Reader<'_>) -> Result<StatsReport> {
                 contact_counts::active,
                 contact_counts::closed,
                 contact_counts::total,
+                contact_counts::lapsed,
             )),
     )?;
     let pending: Vec<(i64, i64)> = reader.load(
@@ -34,12 +35,13 @@ pub(crate) fn report(reader: &mut Reader<'_>) -> Result<StatsReport> {
         rows: rows
             .into_iter()
             .map(
-                |(operator_id, source_id, active, closed, total)| OperatorSourceStats {
+                |(operator_id, source_id, active, closed, total, lapsed)| OperatorSourceStats {
                     operator_id,
                     source_id,
                     active,
                     closed,
                     total,
+                    lapsed,
                 },
             )
             .collect(),

@@ -11,9 +11,10 @@ use diesel::{
 };
 use rand::RngCore;
 
+use super::models as schema_row;
 use super::{
     DbConnection, counts, events, leads, loads, overlay::ContactOverlay, reader::Reader,
-    run::RunOn, schema, units::ReadAhead,
+    run::RunOn, schema, sources, units::ReadAhead,
 };
 use crate::{Result, domain::SourceKey, error::Fault};
 
@@ -73,6 +74,10 @@ pub(super) struct TxState {
     pub(super) contacts: Option<ContactOverlay>,
     /// Events of the transaction, written at commit.
     pub(super) events: Vec<events::NewEvent>,
+    /// Routing settings of the sources this transaction has read them for
+    /// (see [`sources::settings`]); on PostgreSQL read with the sources'
+    /// locks, which an UpdateSource must wait for.
+    pub(super) settings: HashMap<i64, sources::Settings>,
     /// The sources each operator locked through
     /// [`super::locks::operator_sources`] serves, while its locks are held.
     pub(super) served: HashMap<i64, Vec<i64>>,
@@ -173,6 +178,30 @@ impl<'t> WriteTx<'t> {
 
     pub(super) fn reader(&mut self) -> Reader<'_> {
         Reader::new(self.connection)
+    }
+
+    /// The contact as this transaction sees it, buffered changes included.
+    pub(super) fn contact(
+        &mut self,
+        id: i64,
+    ) -> diesel::QueryResult<Option<schema_row::ContactRow>> {
+        let Self {
+            connection, state, ..
+        } = self;
+        let reader = &mut Reader::new(connection);
+        match &mut state.contacts {
+            Some(overlay) => overlay.row(reader, id),
+            None => {
+                use diesel::prelude::*;
+                reader
+                    .first(
+                        schema::contacts::table
+                            .find(id)
+                            .select(schema::contacts::all_columns),
+                    )
+                    .optional()
+            }
+        }
     }
 
     /// Runs one unit of work. In `Savepoints` mode it runs in a savepoint and

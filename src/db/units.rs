@@ -82,6 +82,10 @@ pub(crate) trait WriteUnit: Send + 'static {
     /// only after the buffers are written, so that they see every row.
     const USES_BUFFERS: bool = false;
 
+    /// Whether check reads operator loads: in `Direct` mode the loads the
+    /// batch changed in memory are written first, so that it reads them.
+    const READS_LOADS: bool = false;
+
     /// Whether apply may create one lead and one contact: a `Direct`-mode
     /// batch takes ids ahead for each such unit.
     const INSERTS: bool = false;
@@ -105,6 +109,9 @@ pub(crate) fn run<U: WriteUnit>(tx: &mut WriteTx<'_>, unit: &U) -> Result<U::Out
     if !U::USES_BUFFERS {
         tx.flush_buffers()?;
     }
+    if U::READS_LOADS {
+        tx.write_loads()?;
+    }
     tx.unit(|tx| {
         let mode = tx.mode();
         let checked = {
@@ -118,7 +125,14 @@ pub(crate) fn run<U: WriteUnit>(tx: &mut WriteTx<'_>, unit: &U) -> Result<U::Out
                 reader: Reader::new(connection),
                 mode,
                 memory,
-                contacts: state.contacts.as_mut(),
+                // A unit that does not use the buffers reads the stored
+                // rows (the buffers were just written), and leaves no copy
+                // in the overlay that its own statements would make stale.
+                contacts: if U::USES_BUFFERS {
+                    state.contacts.as_mut()
+                } else {
+                    None
+                },
             })?
         };
         match checked {

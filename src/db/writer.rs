@@ -348,6 +348,8 @@ mod tests {
             sources::Create(NewSource {
                 bot_id: BotId::parse("bot_id", "bot").unwrap(),
                 name: SourceName::parse("name", "Bot").unwrap(),
+                accept_timeout: None,
+                sticky_window: None,
             }),
         );
         run_one(
@@ -488,6 +490,94 @@ mod tests {
             (1, 1, 2)
         );
         assert!(stats.pending.is_empty(), "{stats:?}");
+    }
+
+    /// Within one batch, units outside the buffers see what the buffered ones
+    /// did and the other way round: a registration waits, a transfer frees
+    /// its operator's slot, which goes to the waiting contact at once, and
+    /// the new operator accepts the transferred one.
+    fn routing_units_share_the_batch(mode: Mode, db: fn() -> Option<TestDb>) {
+        let Some(db) = db() else {
+            eprintln!("skipped: set MINICRM_TEST_POSTGRES_URL to run this test on PostgreSQL");
+            return;
+        };
+        let database = seeded_with_room(&db, 1);
+        let first = run_one(&database, registration("+100000001")).contact;
+        let spare = run_one(
+            &database,
+            operators::Create(NewOperator {
+                name: OperatorName::parse("name", "Bob").unwrap(),
+                is_active: true,
+                max_load: MaxLoad::parse("max_load", 1).unwrap(),
+            }),
+        );
+
+        let (waiting, waiting_answer) = job(registration("+100000002"));
+        let (transfer, transfer_answer) = job(crate::db::routing::Transfer {
+            id: first.id,
+            operator_id: Some(spare.id),
+        });
+        let (accept, accept_answer) = job(crate::db::routing::Accept {
+            id: first.id,
+            operator_id: spare.id,
+        });
+        let (wrong, wrong_answer) = job(crate::db::routing::Accept {
+            id: first.id,
+            operator_id: first.operator_id.unwrap(),
+        });
+        run_as_batch(&database, mode, vec![waiting, transfer, accept, wrong]);
+        let waiting = answer::<contacts::Register>(waiting_answer).expect("registered");
+        assert_eq!(waiting.contact.status, ContactStatus::Pending);
+        let moved = answer::<crate::db::routing::Transfer>(transfer_answer).expect("moved");
+        assert_eq!(moved.operator_id, Some(spare.id));
+        let accepted = answer::<crate::db::routing::Accept>(accept_answer).expect("accepted");
+        assert!(accepted.accepted_at.is_some());
+        assert!(matches!(
+            answer::<crate::db::routing::Accept>(wrong_answer),
+            Err(crate::Error::FailedPrecondition(_))
+        ));
+
+        let mut connection = database.read_pool().get().unwrap();
+        let reader = &mut Reader::new(&mut connection);
+        let now = contacts::get(reader, waiting.contact.id).unwrap();
+        assert_eq!(
+            now.status,
+            ContactStatus::Active,
+            "dispatched by the transfer"
+        );
+        assert_eq!(now.operator_id, first.operator_id);
+        assert_eq!(contacts::get(reader, first.id).unwrap(), accepted);
+        for id in [first.operator_id.unwrap(), spare.id] {
+            assert_eq!(operators::get(reader, id).unwrap().active_load, 1);
+        }
+        let stats = stats::report(reader).unwrap();
+        let rows: Vec<_> = stats
+            .rows
+            .iter()
+            .map(|row| (row.operator_id, row.active, row.total))
+            .collect();
+        assert_eq!(rows, [(first.operator_id.unwrap(), 1, 1), (spare.id, 1, 1)]);
+        assert!(stats.pending.is_empty(), "{stats:?}");
+    }
+
+    #[test]
+    fn routing_units_share_the_batch_direct_sqlite() {
+        routing_units_share_the_batch(Mode::Direct, sqlite);
+    }
+
+    #[test]
+    fn routing_units_share_the_batch_savepoints_sqlite() {
+        routing_units_share_the_batch(Mode::Savepoints, sqlite);
+    }
+
+    #[test]
+    fn routing_units_share_the_batch_direct_postgres() {
+        routing_units_share_the_batch(Mode::Direct, TestDb::postgres);
+    }
+
+    #[test]
+    fn routing_units_share_the_batch_savepoints_postgres() {
+        routing_units_share_the_batch(Mode::Savepoints, TestDb::postgres);
     }
 
     #[test]

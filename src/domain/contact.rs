@@ -62,6 +62,11 @@ pub struct Contact {
     pub assigned_at: Option<Timestamp>,
     pub closed_at: Option<Timestamp>,
     pub request_id: Option<String>,
+    pub accepted_at: Option<Timestamp>,
+    /// Set while an ACTIVE contact waits to be accepted.
+    pub accept_deadline: Option<Timestamp>,
+    /// How many times an operator let it lapse.
+    pub lapses: i32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,6 +114,7 @@ pub struct OperatorSourceStats {
     pub active: i64,
     pub closed: i64,
     pub total: i64,
+    pub lapsed: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

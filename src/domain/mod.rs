@@ -22,7 +22,8 @@ pub use lead::{Email, ExternalId, LeadIdentity, LeadName, Phone};
 pub use operator::{MaxLoad, NewOperator, Operator, OperatorChanges, OperatorName};
 pub use page::{Page, PageRequest, page_token_after};
 pub use source::{
-    BotId, NewSource, Source, SourceKey, SourceName, Weight, WeightEntry, WeightTable,
+    BotId, NewSource, RoutingSetting, Source, SourceChanges, SourceKey, SourceName, Weight,
+    WeightEntry, WeightTable,
 };
 pub use text::MAX_TEXT_CHARS;
 pub use time::Timestamp;

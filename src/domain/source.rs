@@ -1,4 +1,4 @@
-use std::collections::HashSet;
+use std::{collections::HashSet, time::Duration};
 
 use super::{Timestamp, text};
 use crate::{Error, Result};
@@ -42,6 +42,8 @@ pub enum SourceKey {
 pub struct NewSource {
     pub bot_id: BotId,
     pub name: SourceName,
+    pub accept_timeout: Option<Duration>,
+    pub sticky_window: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,97 @@ pub struct Source {
     pub bot_id: String,
     pub name: String,
     pub created_at: Timestamp,
+    /// Absent: contacts need no acceptance.
+    pub accept_timeout: Option<Duration>,
+    /// Absent: no sticky routing.
+    pub sticky_window: Option<Duration>,
+}
+
+/// The routing settings of a source (API.md "Acceptance, lapses and
+/// transfers", "Sticky routing") and their ranges.
+pub struct RoutingSetting;
+
+impl RoutingSetting {
+    pub const ACCEPT_TIMEOUT_MAX: Duration = Duration::from_secs(24 * 3600);
+    pub const STICKY_WINDOW_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+    const MIN: Duration = Duration::from_secs(1);
+
+    /// A duration given as protobuf's seconds and nanos: `None` for zero
+    /// (the feature off), else it must lie in 1 s..=`max`.
+    pub fn parse(field: &str, seconds: i64, nanos: i32, max: Duration) -> Result<Option<Duration>> {
+        let range = || {
+            Error::invalid(
+                field,
+                format!("must lie in 1s..={} when present", describe(max)),
+            )
+        };
+        if !(-999_999_999..=999_999_999).contains(&nanos)
+            || (seconds > 0 && nanos < 0)
+            || (seconds < 0 && nanos > 0)
+        {
+            return Err(Error::invalid(field, "is not a valid duration"));
+        }
+        if seconds == 0 && nanos == 0 {
+            return Ok(None);
+        }
+        if seconds < 0 || nanos < 0 {
+            return Err(range());
+        }
+        let duration = Duration::new(seconds.unsigned_abs(), nanos.unsigned_abs());
+        if duration < Self::MIN || duration > max {
+            return Err(range());
+        }
+        Ok(Some(duration))
+    }
+
+    /// Like [`Self::parse`] for a setting that must be on (CreateSource).
+    pub fn parse_present(field: &str, seconds: i64, nanos: i32, max: Duration) -> Result<Duration> {
+        Self::parse(field, seconds, nanos, max)?.ok_or_else(|| {
+            Error::invalid(
+                field,
+                format!("must lie in 1s..={} when present", describe(max)),
+            )
+        })
+    }
+}
+
+fn describe(max: Duration) -> String {
+    let hours = max.as_secs() / 3600;
+    if hours >= 48 {
+        format!("{} days", hours / 24)
+    } else {
+        format!("{hours}h")
+    }
+}
+
+/// An UpdateSource: the fields present; at least one is.
+#[derive(Debug, Clone)]
+pub struct SourceChanges {
+    pub name: Option<SourceName>,
+    /// `Some(None)`: turn acceptance off.
+    pub accept_timeout: Option<Option<Duration>>,
+    /// `Some(None)`: turn sticky routing off.
+    pub sticky_window: Option<Option<Duration>>,
+}
+
+impl SourceChanges {
+    pub fn new(
+        name: Option<SourceName>,
+        accept_timeout: Option<Option<Duration>>,
+        sticky_window: Option<Option<Duration>>,
+    ) -> Result<Self> {
+        if name.is_none() && accept_timeout.is_none() && sticky_window.is_none() {
+            return Err(Error::invalid(
+                "name, accept_timeout, sticky_window",
+                "at least one field to change must be present",
+            ));
+        }
+        Ok(Self {
+            name,
+            accept_timeout,
+            sticky_window,
+        })
+    }
 }
 
 /// An operator's relative share of a source's flow.
@@ -146,6 +239,27 @@ mod tests {
                 .entries()
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn routing_settings_lie_in_their_ranges() {
+        let max = RoutingSetting::ACCEPT_TIMEOUT_MAX;
+        let parse = |seconds, nanos| RoutingSetting::parse("accept_timeout", seconds, nanos, max);
+        assert_eq!(parse(0, 0).unwrap(), None);
+        assert_eq!(parse(1, 0).unwrap(), Some(Duration::from_secs(1)));
+        assert_eq!(parse(86_400, 0).unwrap(), Some(max));
+        assert_eq!(
+            parse(1, 500_000_000).unwrap(),
+            Some(Duration::from_millis(1500))
+        );
+        for (seconds, nanos) in [(0, 999_999_999), (86_400, 1), (-1, 0), (0, -5), (1, -1)] {
+            let error = parse(seconds, nanos).unwrap_err();
+            assert!(error.to_string().starts_with("accept_timeout:"), "{error}");
+        }
+        assert!(RoutingSetting::parse_present("sticky_window", 0, 0, max).is_err());
+        let year = RoutingSetting::STICKY_WINDOW_MAX;
+        assert!(RoutingSetting::parse("sticky_window", 366 * 86_400, 0, year).is_ok());
+        assert!(RoutingSetting::parse("sticky_window", 366 * 86_400 + 1, 0, year).is_err());
     }
 
     #[test]

@@ -605,6 +605,7 @@ async fn stats_count_pairs_and_pending_per_source(db: TestDb) {
                 active: 1,
                 closed: 1,
                 total: 2,
+                lapsed: 0,
             },
             pb::OperatorSourceStats {
                 operator_id: op,
@@ -612,6 +613,7 @@ async fn stats_count_pairs_and_pending_per_source(db: TestDb) {
                 active: 1,
                 closed: 0,
                 total: 1,
+                lapsed: 0,
             },
         ]
     );

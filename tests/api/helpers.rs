@@ -94,6 +94,7 @@ impl TestApp {
             .create_source(pb::CreateSourceRequest {
                 bot_id: bot_id.into(),
                 name: format!("{bot_id} bot"),
+                ..Default::default()
             })
             .await
             .expect("create source")
@@ -242,15 +243,40 @@ impl TestApp {
             last.insert(contact.id, event);
         }
         assert_eq!(last.len(), contacts.len(), "every contact has events");
+        // Turning a source's accept_timeout off clears the deadlines of its
+        // waiting contacts without an event of their own.
+        let timeout_off: std::collections::BTreeSet<i64> = self
+            .all_sources()
+            .await
+            .into_iter()
+            .filter(|source| source.accept_timeout.is_none())
+            .map(|source| source.id)
+            .collect();
         for contact in contacts {
             let event = last.get(&contact.id).expect("the contact's events");
+            let mut recorded = event.contact.clone().expect("event contact");
+            if contact.accept_deadline.is_none() && timeout_off.contains(&contact.source_id) {
+                recorded.accept_deadline = None;
+            }
             assert_eq!(
-                event.contact.as_ref(),
-                Some(contact),
+                &recorded, contact,
                 "the last event of contact {} disagrees with it",
                 contact.id
             );
         }
+    }
+
+    pub async fn all_sources(&self) -> Vec<pb::Source> {
+        self.sources
+            .clone()
+            .list_sources(pb::ListSourcesRequest {
+                page_size: 1000,
+                ..Default::default()
+            })
+            .await
+            .expect("list sources")
+            .into_inner()
+            .sources
     }
 
     pub async fn all_operators(&self) -> Vec<pb::Operator> {
@@ -304,10 +330,25 @@ impl TestApp {
         loads
     }
 
-    /// GetOperatorStats agrees with the contacts it summarizes.
+    /// GetOperatorStats agrees with the contacts it summarizes, and `lapsed`
+    /// with the events: a lapse is an event whose contact shows `lapses`
+    /// grown, taken from `previous_operator_id`.
     pub async fn assert_stats_match(&self, contacts: &[pb::Contact]) {
         use std::collections::BTreeMap;
-        let mut pairs: BTreeMap<(i64, i64), (i64, i64, i64)> = BTreeMap::new();
+        let mut pairs: BTreeMap<(i64, i64), (i64, i64, i64, i64)> = BTreeMap::new();
+        let mut lapses_seen: BTreeMap<i64, i32> = BTreeMap::new();
+        for event in self.all_events(Default::default()).await {
+            let contact = event.contact.as_ref().expect("event contact");
+            let seen = lapses_seen.entry(contact.id).or_default();
+            if contact.lapses > *seen {
+                assert_eq!(contact.lapses, *seen + 1, "one lapse at a time");
+                let from = event
+                    .previous_operator_id
+                    .expect("a lapse names the operator it left");
+                pairs.entry((from, contact.source_id)).or_default().3 += 1;
+            }
+            *seen = contact.lapses;
+        }
         let mut pending: BTreeMap<i64, i64> = BTreeMap::new();
         for contact in contacts {
             if contact.status == pb::ContactStatus::Pending as i32 {
@@ -326,15 +367,18 @@ impl TestApp {
         let expected = pb::GetOperatorStatsResponse {
             rows: pairs
                 .into_iter()
-                .map(|((operator_id, source_id), (active, closed, total))| {
-                    pb::OperatorSourceStats {
-                        operator_id,
-                        source_id,
-                        active,
-                        closed,
-                        total,
-                    }
-                })
+                .map(
+                    |((operator_id, source_id), (active, closed, total, lapsed))| {
+                        pb::OperatorSourceStats {
+                            operator_id,
+                            source_id,
+                            active,
+                            closed,
+                            total,
+                            lapsed,
+                        }
+                    },
+                )
                 .collect(),
             pending: pending
                 .into_iter()

@@ -11,6 +11,7 @@ mod dispatch;
 mod events;
 mod leads;
 mod operators;
+mod routing;
 mod service;
 mod sources;
 mod wal;

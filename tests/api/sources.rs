@@ -19,6 +19,7 @@ async fn create_source_trims_and_rejects_blank_or_taken_bot_id(db: TestDb) {
         .create_source(pb::CreateSourceRequest {
             bot_id: " tg-bot ".into(),
             name: " Telegram ".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -34,6 +35,7 @@ async fn create_source_trims_and_rejects_blank_or_taken_bot_id(db: TestDb) {
         .create_source(pb::CreateSourceRequest {
             bot_id: "  ".into(),
             name: "x".into(),
+            ..Default::default()
         })
         .await;
     assert_code(blank, Code::InvalidArgument, "bot_id");
@@ -41,6 +43,7 @@ async fn create_source_trims_and_rejects_blank_or_taken_bot_id(db: TestDb) {
         .create_source(pb::CreateSourceRequest {
             bot_id: "tg-bot".into(),
             name: "other".into(),
+            ..Default::default()
         })
         .await;
     assert_code(taken, Code::AlreadyExists, "bot_id");

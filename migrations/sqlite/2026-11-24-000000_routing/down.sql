@@ -1,0 +1,11 @@
+ALTER TABLE contact_events DROP COLUMN lapses;
+ALTER TABLE contact_events DROP COLUMN accept_deadline;
+ALTER TABLE contact_events DROP COLUMN accepted_at;
+ALTER TABLE contact_counts DROP COLUMN lapsed;
+DROP INDEX contacts_accept_deadline;
+ALTER TABLE contacts DROP COLUMN lapsed_with;
+ALTER TABLE contacts DROP COLUMN lapses;
+ALTER TABLE contacts DROP COLUMN accept_deadline;
+ALTER TABLE contacts DROP COLUMN accepted_at;
+ALTER TABLE sources DROP COLUMN sticky_window_nanos;
+ALTER TABLE sources DROP COLUMN accept_timeout_nanos;
