@@ -19,6 +19,9 @@ use crate::helpers::{TestApp, TestDb};
 /// MiB a second even in a debug build, well past [`WAL_BOUND`].
 const LOAD: Duration = Duration::from_secs(6);
 const CALLERS: usize = 48;
+/// Readers on the log too, which a restart must wait out (few: they take CPU
+/// from the writes, and a writer that pauses lets even the old code restart).
+const READERS: usize = 2;
 /// The restart threshold (32 MiB) plus what one checkpointer tick can add.
 const WAL_BOUND: u64 = 48 << 20;
 /// What the WAL may keep once writes stopped, and how soon.
@@ -78,6 +81,22 @@ async fn sqlite_wal_stays_bounded_under_sustained_writes_and_shrinks_after() {
                         .expect("close");
                 }
                 calls.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+
+    for _ in 0..READERS {
+        let mut contacts = app.contacts.clone();
+        let stop = Arc::clone(&stop);
+        callers.spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                contacts
+                    .list_contacts(pb::ListContactsRequest {
+                        page_size: 100,
+                        ..Default::default()
+                    })
+                    .await
+                    .expect("list");
             }
         });
     }
