@@ -7,6 +7,7 @@
 //! function).
 
 pub mod api;
+pub mod auth;
 pub mod config;
 mod db;
 pub mod domain;
@@ -16,6 +17,7 @@ pub mod repository;
 pub mod selector;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 
 pub use db::{Backend, DatabaseUrl, StartupError};
 pub use error::{Error, Result};
