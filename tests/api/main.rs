@@ -8,5 +8,6 @@ mod contacts;
 mod dispatch;
 mod leads;
 mod operators;
+mod security;
 mod service;
 mod sources;
