@@ -11,3 +11,4 @@ mod operators;
 mod security;
 mod service;
 mod sources;
+mod tls;
