@@ -8,6 +8,7 @@ mod contacts;
 mod dispatch;
 mod leads;
 mod operators;
+mod postgres_tls;
 mod security;
 mod service;
 mod sources;

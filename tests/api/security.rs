@@ -496,14 +496,20 @@ async fn a_bad_tokens_file_stops_the_start() {
 
 /// The real `minicrm` binary as a child process, its log (stderr) read line
 /// by line. Killed when dropped.
-struct ServerProcess {
+pub struct ServerProcess {
     child: Child,
     lines: mpsc::Receiver<String>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl ServerProcess {
-    fn start(args: &[&str], dir: &Path) -> Self {
+    pub fn start(args: &[&str], dir: &Path) -> Self {
+        Self::start_with_env(args, dir, &[])
+    }
+
+    /// The binary with `args` in `dir`, with none of the caller's minicrm
+    /// settings in its environment but `env`.
+    pub fn start_with_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_minicrm"));
         for (name, _) in std::env::vars() {
             if name.starts_with("MINICRM_") || name == "DATABASE_URL" {
@@ -515,6 +521,7 @@ impl ServerProcess {
             .current_dir(dir)
             .env("RUST_LOG", "debug")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -536,7 +543,7 @@ impl ServerProcess {
     }
 
     /// The next log line containing `needle`, waiting at most `timeout`.
-    fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -552,7 +559,7 @@ impl ServerProcess {
     }
 
     /// The address from the "serving" line.
-    fn wait_until_serving(&self) -> std::net::SocketAddr {
+    pub fn wait_until_serving(&self) -> std::net::SocketAddr {
         let line = self.wait_for("minicrm serving gRPC", Duration::from_secs(60));
         let address = line
             .split_whitespace()
@@ -563,7 +570,7 @@ impl ServerProcess {
         std::net::SocketAddr::from(([127, 0, 0, 1], address.port()))
     }
 
-    fn signal(&self, name: &str) {
+    pub fn signal(&self, name: &str) {
         let status = Command::new("kill")
             .arg(format!("-{name}"))
             .arg(self.child.id().to_string())
@@ -572,7 +579,7 @@ impl ServerProcess {
         assert!(status.success(), "kill -{name}");
     }
 
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -587,7 +594,7 @@ impl ServerProcess {
         }
     }
 
-    fn log(&self) -> String {
+    pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 }
