@@ -262,7 +262,6 @@ async fn each_role_does_its_work_end_to_end() {
         .create_source(pb::CreateSourceRequest {
             bot_id: "telegram".into(),
             name: "Telegram".into(),
-            ..Default::default()
         })
         .await
         .unwrap()
