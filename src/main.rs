@@ -18,6 +18,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before the "serving" line: a SIGTERM from then on is a graceful stop.
+    let shutdown = shutdown_signal();
     match application.local_addr() {
         Ok(address) => tracing::info!(
             %address,
@@ -31,7 +33,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     }
-    if let Err(error) = application.run_until_stopped(shutdown_signal()).await {
+    if let Err(error) = application.run_until_stopped(shutdown).await {
         tracing::error!(%error, "the server stopped on an error");
         return ExitCode::FAILURE;
     }
