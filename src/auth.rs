@@ -410,7 +410,7 @@ pub fn authorize(
     };
     match access {
         Access::Roles(roles) if !roles.contains(caller.role) => {
-            tracing::info!(caller = %caller.name, role = %caller.role, "refused: role may not make this call");
+            tracing::debug!(caller = %caller.name, role = %caller.role, "refused: role may not make this call");
             let method = path.strip_prefix('/').unwrap_or(path);
             Err(Status::permission_denied(format!(
                 "role {} may not call {method}",
