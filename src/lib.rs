@@ -4,7 +4,9 @@
 //! `repository` (reads on tokio's blocking pool, writes on the group-commit
 //! writer thread) → `db` (diesel queries over SQLite or PostgreSQL, private)
 //! → `domain` (validated types) and `selector` (the weighted draw, a pure
-//! function).
+//! function). Around `api`, every call passes through two tower layers:
+//! `api::observe` (its span and log line) and, inside it, `auth` (bearer tokens
+//! and roles); `tls` sets up TLS and mTLS.
 
 pub mod api;
 pub mod auth;

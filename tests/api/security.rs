@@ -570,9 +570,10 @@ impl ServerProcess {
     }
 
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
+        // The shell's own `kill`, so that no procps is needed.
+        let status = Command::new("sh")
+            .arg("-c")
+            .arg(format!("kill -{name} {}", self.child.id()))
             .status()
             .expect("run kill");
         assert!(status.success(), "kill -{name}");
