@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# Build: everything (SQLite, libpq, the proto compiler) is bundled, so the
-# builder needs only Rust and a C compiler.
+# Build: everything (SQLite, libpq, OpenSSL, the proto compiler) is bundled, so
+# the builder needs only Rust, a C compiler, perl and make (all in rust:bookworm).
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -14,6 +14,12 @@ USER minicrm
 WORKDIR /data
 # The SQLite database (and its -wal/-shm files) live here.
 VOLUME ["/data"]
+# It listens on every interface, so it refuses to start until told who may
+# call: a tokens file (mount its directory and set MINICRM_AUTH_TOKENS, e.g.
+# -v "$PWD/secrets:/etc/minicrm:ro" -e MINICRM_AUTH_TOKENS=/etc/minicrm/tokens;
+# `docker kill -s HUP` reloads it), or explicitly anyone (--allow-unauthenticated
+# or MINICRM_ALLOW_UNAUTHENTICATED=true). TLS: MINICRM_TLS_CERT, MINICRM_TLS_KEY
+# and MINICRM_TLS_CLIENT_CA name PEM files mounted the same way.
 ENV MINICRM_LISTEN=0.0.0.0:50051 \
     DATABASE_URL=sqlite:///data/minicrm.db \
     RUST_LOG=info

@@ -4,9 +4,12 @@
 //! `repository` (reads on tokio's blocking pool, writes on the group-commit
 //! writer thread) → `db` (diesel queries over SQLite or PostgreSQL, private)
 //! → `domain` (validated types) and `selector` (the weighted draw, a pure
-//! function).
+//! function). Around `api`, every call passes through two tower layers:
+//! `api::observe` (its span and log line) and, inside it, `auth` (bearer tokens
+//! and roles); `tls` sets up TLS and mTLS.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 mod db;
 pub mod domain;
@@ -19,6 +22,7 @@ mod retention;
 pub mod selector;
 pub mod startup;
 pub mod telemetry;
+pub mod tls;
 
 pub use db::{Backend, DatabaseUrl, StartupError};
 pub use error::{Error, Result};

@@ -1,3 +1,5 @@
+use std::process::ExitCode;
+
 use clap::Parser;
 use minicrm::{
     config::Settings,
@@ -6,17 +8,34 @@ use minicrm::{
 };
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     telemetry::init();
     let settings = Settings::parse();
-    let application = Application::build(&settings).await.inspect_err(|error| {
-        tracing::error!(%error, "cannot start");
-    })?;
-    tracing::info!(
-        address = %application.local_addr()?,
-        backend = ?application.backend(),
-        "minicrm serving gRPC"
-    );
-    application.run_until_stopped(shutdown_signal()).await?;
-    Ok(())
+    let application = match Application::build(&settings).await {
+        Ok(application) => application,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Before the "serving" line: a SIGTERM from then on is a graceful stop.
+    let shutdown = shutdown_signal();
+    match application.local_addr() {
+        Ok(address) => tracing::info!(
+            %address,
+            backend = ?application.backend(),
+            auth = %if application.authenticates() { "tokens" } else { "off" },
+            tls = %application.tls_mode(),
+            "minicrm serving gRPC"
+        ),
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    }
+    if let Err(error) = application.run_until_stopped(shutdown).await {
+        tracing::error!(%error, "the server stopped on an error");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }

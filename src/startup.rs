@@ -1,12 +1,17 @@
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+    time::Duration,
+};
 
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
 
 use crate::{
     api::{
         contacts::ContactApi, observe::ObserveLayer, operators::OperatorApi, sources::SourceApi,
     },
+    auth::{AuthLayer, TokenFile},
     config::Settings,
     db::{Backend, Database, DatabaseUrl, StartupError},
     lapses,
@@ -16,6 +21,7 @@ use crate::{
     },
     repository::Repository,
     retention,
+    tls::{self, TlsMode},
 };
 
 /// A migrated database and a bound listener, ready to serve.
@@ -23,12 +29,119 @@ pub struct Application {
     listener: TcpListener,
     repository: Repository,
     event_retention: Duration,
+    security: Security,
+}
+
+/// Who may call, and over what.
+struct Security {
+    /// `None`: no tokens file, every caller may do everything.
+    tokens: Option<Arc<TokenFile>>,
+    /// SIGHUP, registered before serving so that a reload asked for as soon
+    /// as the server is up is not taken for the default "hang up: exit".
+    #[cfg(unix)]
+    reload: Option<tokio::signal::unix::Signal>,
+    tls: Option<ServerTlsConfig>,
+    tls_mode: TlsMode,
+}
+
+impl Security {
+    /// Reads the tokens file and the TLS files, and applies the safe
+    /// default: without tokens, only a loopback address may be served unless
+    /// the settings allow it.
+    async fn from_settings(settings: &Settings) -> Result<Self, StartupError> {
+        let tokens = match &settings.auth_tokens {
+            Some(path) => {
+                let file = TokenFile::load(path).map_err(|error| {
+                    StartupError::Config(format!("--auth-tokens {}: {error}", path.display()))
+                })?;
+                if file.tokens().is_empty() {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "the tokens file has no tokens: every call but health checks is refused"
+                    );
+                }
+                Some(Arc::new(file))
+            }
+            // Without a tokens file anyone who reaches the server may do
+            // everything: only loopback is served unless that is allowed.
+            None if is_loopback(&settings.listen).await? => None,
+            None if settings.allow_unauthenticated => {
+                tracing::warn!(
+                    listen = %settings.listen,
+                    "serving without authentication (--allow-unauthenticated): \
+                     anyone who can reach this address may make every call"
+                );
+                None
+            }
+            None => {
+                return Err(StartupError::Config(format!(
+                    "refusing to serve {} without authentication: it is not a loopback \
+                     address, so anyone who can reach it could make every call. Give \
+                     --auth-tokens PATH (or MINICRM_AUTH_TOKENS), or \
+                     --allow-unauthenticated (MINICRM_ALLOW_UNAUTHENTICATED=true) to serve \
+                     it to anyone anyway",
+                    settings.listen
+                )));
+            }
+        };
+        #[cfg(unix)]
+        let reload = match &tokens {
+            Some(_) => Some(tokio::signal::unix::signal(
+                tokio::signal::unix::SignalKind::hangup(),
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            tokens,
+            #[cfg(unix)]
+            reload,
+            tls: tls::server_config(settings)?,
+            tls_mode: tls::mode(settings),
+        })
+    }
+
+    /// Reloads the tokens file on every SIGHUP until dropped.
+    fn spawn_reloader(&mut self) -> Option<AbortOnDrop> {
+        #[cfg(unix)]
+        if let (Some(file), Some(mut signal)) = (self.tokens.clone(), self.reload.take()) {
+            return Some(AbortOnDrop(tokio::spawn(async move {
+                while signal.recv().await.is_some() {
+                    let file = file.clone();
+                    // A small file, but still a blocking read.
+                    let _ = tokio::task::spawn_blocking(move || file.reload_and_log()).await;
+                }
+            })));
+        }
+        None
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Whether every address `listen` names is a loopback one.
+async fn is_loopback(listen: &str) -> std::io::Result<bool> {
+    let loopback = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    let mut addresses = tokio::net::lookup_host(listen).await?.peekable();
+    Ok(addresses.peek().is_some() && addresses.all(|address| loopback(address.ip())))
 }
 
 impl Application {
-    /// Opens and migrates the database, then binds, so that `local_addr` is
-    /// known (port 0 picks one) before serving starts.
+    /// Checks the security settings, opens and migrates the database, then
+    /// binds, so that `local_addr` is known (port 0 picks one) before serving
+    /// starts.
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        let security = Security::from_settings(settings).await?;
         let url = DatabaseUrl::parse(&settings.database_url)?;
         let database = tokio::task::spawn_blocking(move || Database::open(&url))
             .await
@@ -38,7 +151,18 @@ impl Application {
             listener,
             repository: Repository::new(database)?,
             event_retention: settings.events.event_retention,
+            security,
         })
+    }
+
+    /// Whether calls need a bearer token.
+    pub fn authenticates(&self) -> bool {
+        self.security.tokens.is_some()
+    }
+
+    /// Whether the server speaks TLS, and whether it requires client certificates.
+    pub fn tls_mode(&self) -> TlsMode {
+        self.security.tls_mode
     }
 
     pub fn backend(&self) -> Backend {
@@ -51,9 +175,10 @@ impl Application {
 
     /// Serves until `shutdown` resolves, then lets in-flight calls finish.
     pub async fn run_until_stopped(
-        self,
+        mut self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
+        let _reloader = self.security.spawn_reloader();
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<OperatorServiceServer<OperatorApi>>()
@@ -87,9 +212,16 @@ impl Application {
             retention.abort();
             lapses.abort();
         };
-        Server::builder()
-            // One span and one log line per call, health and reflection included.
+        let mut server = Server::builder();
+        if let Some(tls) = self.security.tls {
+            server = server.tls_config(tls)?;
+        }
+        server
+            // One span and one log line per call, health and reflection
+            // included, refused calls too: the auth layer runs inside it.
             .layer(ObserveLayer)
+            // Tokens and roles (a pass-through without a tokens file).
+            .layer(AuthLayer::new(self.security.tokens))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -108,31 +240,47 @@ impl Application {
     }
 }
 
-/// Resolves on SIGINT (Ctrl-C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
+/// Resolves on SIGINT (Ctrl-C) or SIGTERM. The handlers are installed when
+/// this is called, not when the future is first polled: call it before
+/// announcing the server, so that a SIGTERM sent as soon as the server is up
+/// stops it gracefully rather than killing it.
+pub fn shutdown_signal() -> impl Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
+    let (interrupt, terminate) = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let install = |kind: SignalKind, name: &'static str| {
+            let mut signal = signal(kind)
+                .inspect_err(|error| tracing::error!(%error, "cannot listen for {name}"))
+                .ok();
+            async move {
+                match &mut signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
             }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
+        };
+        (
+            install(SignalKind::interrupt(), "SIGINT"),
+            install(SignalKind::terminate(), "SIGTERM"),
+        )
     };
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
+    let (interrupt, terminate) = (
+        async {
+            if let Err(error) = tokio::signal::ctrl_c().await {
+                tracing::error!(%error, "cannot listen for Ctrl-C");
+                std::future::pending::<()>().await;
+            }
+        },
+        std::future::pending::<()>(),
+    );
+    async move {
+        tokio::select! {
+            () = interrupt => {}
+            () = terminate => {}
+        }
+        tracing::info!("shutting down: finishing in-flight calls");
     }
-    tracing::info!("shutting down: finishing in-flight calls");
 }

@@ -26,6 +26,67 @@ pub struct TestApp {
     server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
 }
 
+/// Settings for a test server: port 0 on loopback, over `db`. Tests add
+/// their own (tokens, TLS) with `Settings { …, ..test_settings(&db) }`.
+pub fn test_settings(db: &TestDb) -> Settings {
+    Settings {
+        listen: "127.0.0.1:0".into(),
+        database_url: db.url(),
+        ..Settings::default()
+    }
+}
+
+fn init_test_logging() {
+    // RUST_LOG=debug cargo test -- --nocapture shows the server's log.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The real server started in this process with any settings, for tests
+/// that make their own clients (bearer tokens, TLS). Stops when dropped.
+pub struct TestServer {
+    pub address: std::net::SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl TestServer {
+    pub async fn start(settings: &Settings) -> Self {
+        init_test_logging();
+        let application = Application::build(settings).await.expect("server starts");
+        let address = application.local_addr().expect("bound address");
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(application.run_until_stopped(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            address,
+            shutdown: Some(shutdown),
+            server: Some(server),
+        }
+    }
+
+    /// Stops the server gracefully and waits until it has.
+    pub async fn stop(mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server.await.expect("server task").expect("server ran");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(shutdown) = self.shutdown.take() {
+            let _ = shutdown.send(());
+        }
+    }
+}
+
 impl TestApp {
     pub async fn spawn(db: &TestDb) -> Self {
         Self::spawn_with(db, |_| {}).await
@@ -33,11 +94,7 @@ impl TestApp {
 
     /// Like [`TestApp::spawn`], with settings changed by `adjust`.
     pub async fn spawn_with(db: &TestDb, adjust: impl FnOnce(&mut Settings)) -> Self {
-        // RUST_LOG=debug cargo test -- --nocapture shows the server's log.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .try_init();
+        init_test_logging();
         let mut settings = Settings {
             listen: "127.0.0.1:0".into(),
             database_url: db.url(),
