@@ -11,6 +11,8 @@ pub mod config;
 mod db;
 pub mod domain;
 pub mod error;
+pub mod health_cmd;
+pub mod metrics;
 pub mod proto;
 pub mod repository;
 pub mod selector;

@@ -139,4 +139,11 @@ impl Repository {
     pub async fn operator_stats(&self) -> Result<StatsReport> {
         self.read(db::stats::report).await
     }
+
+    /// The metrics endpoint's figures from the database (see `crate::metrics`).
+    pub(crate) async fn metrics_gauges(&self, limit: i64) -> Result<db::stats::Gauges> {
+        let backend = self.backend();
+        self.read(move |r| db::stats::gauges(r, backend, limit))
+            .await
+    }
 }

@@ -9,6 +9,7 @@ use crate::{
     },
     config::Settings,
     db::{Backend, Database, DatabaseUrl, StartupError},
+    metrics::MetricsEndpoint,
     proto::{
         FILE_DESCRIPTOR_SET, contact_service_server::ContactServiceServer,
         operator_service_server::OperatorServiceServer, source_service_server::SourceServiceServer,
@@ -20,6 +21,8 @@ use crate::{
 pub struct Application {
     listener: TcpListener,
     repository: Repository,
+    /// With `--metrics-listen`: Prometheus metrics, served alongside.
+    metrics: Option<MetricsEndpoint>,
 }
 
 impl Application {
@@ -31,10 +34,21 @@ impl Application {
             .await
             .map_err(|error| StartupError::Migrate(error.to_string()))??;
         let listener = TcpListener::bind(&settings.listen).await?;
+        let repository = Repository::new(database)?;
+        let metrics = match &settings.metrics_listen {
+            Some(address) => Some(MetricsEndpoint::bind(address, repository.clone()).await?),
+            None => None,
+        };
         Ok(Self {
             listener,
-            repository: Repository::new(database)?,
+            repository,
+            metrics,
         })
+    }
+
+    /// The metrics listener's address, with `--metrics-listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref()?.local_addr().ok()
     }
 
     pub fn backend(&self) -> Backend {
@@ -73,7 +87,9 @@ impl Application {
             .expect("the embedded descriptor sets are valid");
 
         let repository = self.repository;
-        Server::builder()
+        // Stops with the server: scrapes have nothing to finish.
+        let metrics = self.metrics.map(|endpoint| tokio::spawn(endpoint.serve()));
+        let served = Server::builder()
             // One span and one log line per call, health and reflection included.
             .layer(ObserveLayer)
             .add_service(health_service)
@@ -90,7 +106,11 @@ impl Application {
                 TcpIncoming::from(self.listener).with_nodelay(Some(true)),
                 shutdown,
             )
-            .await
+            .await;
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
+        served
     }
 }
 

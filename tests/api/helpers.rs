@@ -36,6 +36,7 @@ impl TestApp {
         let settings = Settings {
             listen: "127.0.0.1:0".into(),
             database_url: db.url(),
+            metrics_listen: None,
         };
         let application = Application::build(&settings).await.expect("server starts");
         let address = application.local_addr().expect("bound address");
