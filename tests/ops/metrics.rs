@@ -266,3 +266,94 @@ fn assert_database_figures(scrape: &crate::server::Scrape, operators: &[i64], so
         Some(0.0)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapse_total_is_read_from_the_lapse_columns_once_they_exist() {
+    on_each_backend(lapse_total_from_columns).await;
+}
+
+/// Lapses do not exist yet: the total is 0. Once a migration adds
+/// `contacts.lapses` it is their sum; once `contact_counts.lapsed` exists
+/// (the counter behind GetOperatorStats's `lapsed`), it is that sum. The
+/// server picks each column up without a restart.
+async fn lapse_total_from_columns(db: TestDb) {
+    use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
+
+    let server = Server::start(&db.url(), &["--metrics-listen", "127.0.0.1:0"], &[]);
+    let (mut operators, mut sources, mut contacts) = server.clients().await;
+    let operator = operators
+        .create_operator(pb::CreateOperatorRequest {
+            name: "Ann".into(),
+            is_active: None,
+            max_load: 10,
+        })
+        .await
+        .expect("operator")
+        .into_inner();
+    let source = sources
+        .create_source(pb::CreateSourceRequest {
+            bot_id: "bot".into(),
+            name: "bot".into(),
+        })
+        .await
+        .expect("source")
+        .into_inner();
+    sources
+        .set_source_operators(pb::SetSourceOperatorsRequest {
+            source_id: source.id,
+            operators: vec![pb::OperatorWeight {
+                operator_id: operator.id,
+                weight: 1,
+            }],
+        })
+        .await
+        .expect("weights");
+    for index in 0..3 {
+        contacts
+            .register_contact(pb::RegisterContactRequest {
+                source: Some(pb::register_contact_request::Source::SourceId(source.id)),
+                lead: Some(lead(&format!("+1555111{index:04}"))),
+                request_id: String::new(),
+            })
+            .await
+            .expect("register");
+    }
+    let lapses = || server.scrape().get("minicrm_contact_lapses_total", &[]);
+    assert_eq!(lapses(), Some(0.0));
+
+    let statements = [
+        "ALTER TABLE contacts ADD COLUMN lapses INTEGER NOT NULL DEFAULT 0",
+        "UPDATE contacts SET lapses = 2",
+    ];
+    let counter = [
+        "ALTER TABLE contact_counts ADD COLUMN lapsed BIGINT NOT NULL DEFAULT 0",
+        "UPDATE contact_counts SET lapsed = 5",
+    ];
+    let run = |sql: &[&str]| match db.sqlite_path() {
+        Some(path) => {
+            let mut connection =
+                SqliteConnection::establish(path.to_str().unwrap()).expect("connect");
+            for statement in sql {
+                diesel::sql_query(*statement)
+                    .execute(&mut connection)
+                    .expect(statement);
+            }
+        }
+        None => {
+            let mut connection = PgConnection::establish(&db.url()).expect("connect");
+            for statement in sql {
+                diesel::sql_query(*statement)
+                    .execute(&mut connection)
+                    .expect(statement);
+            }
+        }
+    };
+    run(&statements);
+    assert_eq!(lapses(), Some(6.0), "3 contacts with 2 lapses each");
+    run(&counter);
+    assert_eq!(
+        lapses(),
+        Some(5.0),
+        "the one (operator, source) counter row"
+    );
+}
