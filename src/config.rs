@@ -41,7 +41,7 @@ pub struct Settings {
     pub database_url: String,
 
     /// Address to serve Prometheus metrics on, at `http://ADDR/metrics`
-    /// (HOST:PORT; port 0 picks a free one). None when absent.
+    /// (HOST:PORT; port 0 picks a free one). Off when absent.
     #[arg(long, env = "MINICRM_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
 }
