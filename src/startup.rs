@@ -36,7 +36,13 @@ impl Application {
         let listener = TcpListener::bind(&settings.listen).await?;
         let repository = Repository::new(database)?;
         let metrics = match &settings.metrics_listen {
-            Some(address) => Some(MetricsEndpoint::bind(address, repository.clone()).await?),
+            Some(address) => Some(
+                MetricsEndpoint::bind(address, repository.clone())
+                    .await
+                    .map_err(|error| {
+                        StartupError::Config(format!("cannot serve metrics on {address}: {error}"))
+                    })?,
+            ),
             None => None,
         };
         Ok(Self {
