@@ -9,21 +9,31 @@ use minicrm::{
 };
 
 #[tokio::main]
-async fn main() -> Result<ExitCode, Box<dyn std::error::Error>> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Health(args)) = &cli.command {
-        return Ok(health_cmd::run(args).await);
+        return health_cmd::run(args).await;
     }
     telemetry::init(cli.log_format);
-    let settings = cli.settings;
-    let application = Application::build(&settings).await.inspect_err(|error| {
-        tracing::error!(%error, "cannot start");
-    })?;
-    tracing::info!(
-        address = %application.local_addr()?,
-        backend = ?application.backend(),
-        "minicrm serving gRPC"
-    );
-    application.run_until_stopped(shutdown_signal()).await?;
-    Ok(ExitCode::SUCCESS)
+    // Errors are logged, not printed, so that every line of a JSON log is JSON.
+    let application = match Application::build(&cli.settings).await {
+        Ok(application) => application,
+        Err(error) => {
+            tracing::error!(%error, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    match application.local_addr() {
+        Ok(address) => tracing::info!(
+            %address,
+            backend = ?application.backend(),
+            "minicrm serving gRPC"
+        ),
+        Err(error) => tracing::warn!(%error, "cannot tell the bound address"),
+    }
+    if let Err(error) = application.run_until_stopped(shutdown_signal()).await {
+        tracing::error!(%error, "the server failed");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }

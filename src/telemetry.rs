@@ -26,12 +26,18 @@ pub fn init(format: LogFormat) {
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
             .init(),
-        LogFormat::Json => builder
-            .json()
-            .with_ansi(false)
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .init(),
+        LogFormat::Json => {
+            builder
+                .json()
+                .with_ansi(false)
+                .flatten_event(true)
+                .with_current_span(true)
+                .with_span_list(false)
+                .init();
+            // A panic is logged as one JSON line too, not as plain text.
+            std::panic::set_hook(Box::new(|panic| {
+                tracing::error!(%panic, "panic");
+            }));
+        }
     }
 }

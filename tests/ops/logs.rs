@@ -74,6 +74,33 @@ async fn json_logs_are_one_object_per_line() {
     );
 }
 
+#[test]
+fn a_server_that_cannot_start_says_why_in_json() {
+    let db = TestDb::sqlite();
+    let output = std::process::Command::new(&*crate::server::BINARY)
+        .args(["--listen", "127.0.0.1:0", "--database-url", &db.url()])
+        .args(["--metrics-listen", "no-such-host.invalid:9090"])
+        .args(["--log-format", "json"])
+        .env_remove("MINICRM_METRICS_LISTEN")
+        .output()
+        .expect("run minicrm");
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line:?}")))
+        .collect();
+    let last = lines.last().expect("a log line");
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert_eq!(last["message"], "cannot start", "{stderr}");
+    assert!(
+        last["error"].as_str().is_some_and(
+            |error| error.contains("cannot serve metrics on no-such-host.invalid:9090")
+        ),
+        "{stderr}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn text_logs_carry_no_colour_codes_when_stderr_is_not_a_terminal() {
     let db = TestDb::sqlite();
