@@ -25,6 +25,16 @@ pub static BINARY: LazyLock<PathBuf> = LazyLock::new(|| {
     std::fs::create_dir_all(&directory).expect("temp dir");
     let copy = directory.join("minicrm");
     std::fs::copy(env!("CARGO_BIN_EXE_minicrm"), &copy).expect("copy the binary");
+    let help = Command::new(&copy)
+        .arg("--help")
+        .output()
+        .expect("minicrm --help");
+    assert!(
+        String::from_utf8_lossy(&help.stdout).contains("--metrics-listen"),
+        "{} is not this tree's build: another work tree sharing CARGO_TARGET_DIR \
+         replaced it after cargo built it; run the tests again",
+        env!("CARGO_BIN_EXE_minicrm")
+    );
     copy
 });
 
