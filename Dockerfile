@@ -21,8 +21,14 @@ VOLUME ["/data"]
 # or MINICRM_ALLOW_UNAUTHENTICATED=true). TLS: MINICRM_TLS_CERT, MINICRM_TLS_KEY
 # and MINICRM_TLS_CLIENT_CA name PEM files mounted the same way.
 ENV MINICRM_LISTEN=0.0.0.0:50051 \
+    MINICRM_METRICS_LISTEN=0.0.0.0:9090 \
     DATABASE_URL=sqlite:///data/minicrm.db \
     RUST_LOG=info
-EXPOSE 50051
+# gRPC, and Prometheus metrics at http://HOST:9090/metrics.
+EXPOSE 50051 9090
+# `minicrm health` asks the server's own gRPC health service (its address is
+# MINICRM_LISTEN, asked on loopback) and exits 0 only when it answers SERVING.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+    CMD ["/usr/local/bin/minicrm", "health", "--timeout", "3"]
 # minicrm stops gracefully on SIGTERM (docker stop): in-flight calls finish.
 ENTRYPOINT ["/usr/local/bin/minicrm"]

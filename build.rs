@@ -13,6 +13,11 @@ const PROTO_FILES: &[&str] = &[
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={PROTO_ROOT}");
+    // Work trees of this repository may share one CARGO_TARGET_DIR, and so
+    // this script's OUT_DIR (the package's hash leaves its path out). The
+    // mtimes above cannot tell that another tree's protos were compiled last;
+    // the directory cargo was started from can.
+    println!("cargo:rerun-if-env-changed=PWD");
 
     let mut compiler = protox::Compiler::new([PROTO_ROOT])?;
     // Source info carries the comments, so `grpcurl describe` shows them.

@@ -1,11 +1,36 @@
 use std::{path::PathBuf, time::Duration};
 
-use clap::{Args, Parser};
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
 
 /// minicrm: hands contacts from many chat bots to operators, by weight,
 /// within each operator's load limit. Serves gRPC.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "minicrm", version, about)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+
+    /// How to write log lines to stderr: `text` (colour codes only when
+    /// stderr is a terminal) or `json` (one object per line).
+    #[arg(long, env = "MINICRM_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Serves when absent.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Asks a running server for its gRPC health; exits 0 when it answers
+    /// SERVING, 1 otherwise (for container health checks).
+    Health(crate::health_cmd::HealthArgs),
+}
+
+/// What the server needs to serve.
+#[derive(Debug, Clone, Args)]
 pub struct Settings {
     /// Address to serve gRPC on (HOST:PORT; port 0 picks a free one).
     #[arg(long, env = "MINICRM_LISTEN", default_value = "127.0.0.1:50051")]
@@ -16,6 +41,11 @@ pub struct Settings {
     /// number of replicas may share.
     #[arg(long, env = "DATABASE_URL", default_value = "minicrm.db")]
     pub database_url: String,
+
+    /// Address to serve Prometheus metrics on, at `http://ADDR/metrics`
+    /// (HOST:PORT; port 0 picks a free one). Off when absent.
+    #[arg(long, env = "MINICRM_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
 
     // Contact events (API.md "Events").
     #[command(flatten)]
@@ -74,6 +104,7 @@ impl Default for Settings {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            metrics_listen: None,
         }
     }
 }
@@ -145,15 +176,17 @@ mod tests {
 
     #[test]
     fn event_retention_defaults_to_a_week() {
-        let settings = Settings::try_parse_from(["minicrm"]).unwrap();
+        let settings = Cli::try_parse_from(["minicrm"]).unwrap().settings;
         assert_eq!(settings.events.event_retention, EventSettings::RETENTION);
-        let settings = Settings::try_parse_from(["minicrm", "--event-retention", "2s"]).unwrap();
+        let settings = Cli::try_parse_from(["minicrm", "--event-retention", "2s"])
+            .unwrap()
+            .settings;
         assert_eq!(settings.events.event_retention, Duration::from_secs(2));
     }
 
     #[test]
     fn security_flags_parse() {
-        let settings = Settings::try_parse_from([
+        let settings = Cli::try_parse_from([
             "minicrm",
             "--auth-tokens",
             "/etc/minicrm/tokens",
@@ -165,7 +198,8 @@ mod tests {
             "--tls-client-ca",
             "ca.pem",
         ])
-        .unwrap();
+        .unwrap()
+        .settings;
         assert_eq!(
             settings.auth_tokens.as_deref(),
             Some(std::path::Path::new("/etc/minicrm/tokens"))
@@ -181,7 +215,7 @@ mod tests {
             &["minicrm", "--tls-key", "k.pem"],
             &["minicrm", "--tls-client-ca", "ca.pem"],
         ] {
-            assert!(Settings::try_parse_from(args).is_err(), "{args:?}");
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }
     }
 }

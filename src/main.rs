@@ -2,16 +2,21 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use minicrm::{
-    config::Settings,
+    config::{Cli, Command},
+    health_cmd,
     startup::{Application, shutdown_signal},
     telemetry,
 };
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    telemetry::init();
-    let settings = Settings::parse();
-    let application = match Application::build(&settings).await {
+    let cli = Cli::parse();
+    if let Some(Command::Health(args)) = &cli.command {
+        return health_cmd::run(args).await;
+    }
+    telemetry::init(cli.log_format);
+    // Errors are logged, not printed, so that every line of a JSON log is JSON.
+    let application = match Application::build(&cli.settings).await {
         Ok(application) => application,
         Err(error) => {
             tracing::error!(%error, "cannot start");

@@ -261,4 +261,15 @@ impl Repository {
             })
             .await
     }
+
+    /// The metrics endpoint's figures from the database (see `crate::metrics`).
+    pub(crate) async fn metrics_gauges(
+        &self,
+        limit: i64,
+        scan_contacts: bool,
+    ) -> Result<db::stats::Gauges> {
+        let backend = self.backend();
+        self.read(move |r| db::stats::gauges(r, backend, limit, scan_contacts))
+            .await
+    }
 }

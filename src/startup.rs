@@ -15,6 +15,7 @@ use crate::{
     config::Settings,
     db::{Backend, Database, DatabaseUrl, StartupError},
     lapses,
+    metrics::MetricsEndpoint,
     proto::{
         FILE_DESCRIPTOR_SET, contact_service_server::ContactServiceServer,
         operator_service_server::OperatorServiceServer, source_service_server::SourceServiceServer,
@@ -30,6 +31,8 @@ pub struct Application {
     repository: Repository,
     event_retention: Duration,
     security: Security,
+    /// With `--metrics-listen`: Prometheus metrics, served alongside.
+    metrics: Option<MetricsEndpoint>,
 }
 
 /// Who may call, and over what.
@@ -147,9 +150,21 @@ impl Application {
             .await
             .map_err(|error| StartupError::Migrate(error.to_string()))??;
         let listener = TcpListener::bind(&settings.listen).await?;
+        let repository = Repository::new(database)?;
+        let metrics = match &settings.metrics_listen {
+            Some(address) => Some(
+                MetricsEndpoint::bind(address, repository.clone())
+                    .await
+                    .map_err(|error| {
+                        StartupError::Config(format!("cannot serve metrics on {address}: {error}"))
+                    })?,
+            ),
+            None => None,
+        };
         Ok(Self {
             listener,
-            repository: Repository::new(database)?,
+            repository,
+            metrics,
             event_retention: settings.events.event_retention,
             security,
         })
@@ -163,6 +178,11 @@ impl Application {
     /// Whether the server speaks TLS, and whether it requires client certificates.
     pub fn tls_mode(&self) -> TlsMode {
         self.security.tls_mode
+    }
+
+    /// The metrics listener's address, with `--metrics-listen`.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref()?.local_addr().ok()
     }
 
     pub fn backend(&self) -> Backend {
@@ -212,11 +232,13 @@ impl Application {
             retention.abort();
             lapses.abort();
         };
+        // Stops with the server: scrapes have nothing to finish.
+        let metrics = self.metrics.map(|endpoint| tokio::spawn(endpoint.serve()));
         let mut server = Server::builder();
         if let Some(tls) = self.security.tls {
             server = server.tls_config(tls)?;
         }
-        server
+        let served = server
             // One span and one log line per call, health and reflection
             // included, refused calls too: the auth layer runs inside it.
             .layer(ObserveLayer)
@@ -236,7 +258,11 @@ impl Application {
                 TcpIncoming::from(self.listener).with_nodelay(Some(true)),
                 shutdown,
             )
-            .await
+            .await;
+        if let Some(metrics) = metrics {
+            metrics.abort();
+        }
+        served
     }
 }
 

@@ -7,9 +7,10 @@
 //! streamed, so every line logged on the call's behalf (including the writer
 //! thread's, which captures `Span::current()`) carries the method.
 //!
-//! When the call ends, [`record`] is given one [`CallOutcome`] and logs the one
-//! line of the call: `handled code=… latency_us=…`. The call ends when its gRPC
-//! status is known:
+//! When the call ends, [`record`] is given one [`CallOutcome`]: it logs the one
+//! line of the call, `handled code=… latency_us=…`, and counts and times the
+//! call in the Prometheus metrics (`crate::metrics`). The call ends when its
+//! gRPC status is known:
 //! - an error of a unary call is answered "trailers-only": `grpc-status` is in
 //!   the response headers, so the call ends when the handler returns;
 //! - an OK answer (and any streamed answer) carries `grpc-status` in the
@@ -43,6 +44,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// How one call ended: all that its log line (or a metrics recorder) needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallOutcome<'a> {
+    /// The request path: `/minicrm.v1.ContactService/RegisterContact`.
+    pub path: &'a str,
     /// The RPC's name: the last segment of the request path.
     pub method: &'a str,
     pub code: Code,
@@ -53,6 +56,7 @@ pub struct CallOutcome<'a> {
 /// Reports a finished call, inside the call's span (which names the method):
 /// the one place where calls are observed.
 fn record(outcome: &CallOutcome<'_>, infrastructure: bool) {
+    crate::metrics::call_finished(outcome);
     let code = outcome.code;
     let latency_us = u64::try_from(outcome.latency.as_micros()).unwrap_or(u64::MAX);
     if infrastructure {
@@ -106,19 +110,24 @@ where
 
 /// A call whose status is not known yet.
 struct Call {
-    method: Box<str>,
+    path: Box<str>,
     /// Health checks and reflection: logged at debug.
     infrastructure: bool,
     span: Span,
     started: Instant,
 }
 
+/// The RPC's name: the last segment of the request path.
+fn method_of(path: &str) -> &str {
+    match path.rsplit_once('/') {
+        Some((_, method)) if !method.is_empty() => method,
+        _ => path,
+    }
+}
+
 impl Call {
     fn start(path: &str) -> Self {
-        let method = match path.rsplit_once('/') {
-            Some((_, method)) if !method.is_empty() => method,
-            _ => path,
-        };
+        let method = method_of(path);
         let infrastructure = path.starts_with("/grpc.");
         let span = if infrastructure {
             tracing::debug_span!("rpc", method)
@@ -126,7 +135,7 @@ impl Call {
             tracing::info_span!("rpc", method)
         };
         Self {
-            method: method.into(),
+            path: path.into(),
             infrastructure,
             span,
             started: Instant::now(),
@@ -135,7 +144,8 @@ impl Call {
 
     fn finish(self, code: Code) {
         let outcome = CallOutcome {
-            method: &self.method,
+            path: &self.path,
+            method: method_of(&self.path),
             code,
             latency: self.started.elapsed(),
         };

@@ -61,9 +61,11 @@ impl Writer {
             outcome: None,
             reply,
         };
-        self.queue
-            .send(Box::new(job))
-            .map_err(|_| Error::Unavailable("the writer has stopped".into()))?;
+        crate::metrics::write_queued();
+        self.queue.send(Box::new(job)).map_err(|_| {
+            crate::metrics::write_not_queued();
+            Error::Unavailable("the writer has stopped".into())
+        })?;
         answer
             .await
             .map_err(|_| Error::Internal("the writer dropped a unit of work".into()))?
@@ -141,6 +143,7 @@ fn serve(deps: &WriterDeps, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
     let mut memory = WriterMemory::default();
     let mut rng = rand::rng();
     while let Some(mut batch) = next_batch(receiver) {
+        crate::metrics::write_taken(batch.len());
         let started = std::time::Instant::now();
         let (committed, connection) = match deps.pool.get() {
             Ok(mut connection) => {
@@ -155,6 +158,7 @@ fn serve(deps: &WriterDeps, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
             }
             Err(error) => (Err(Error::Pool(error)), None),
         };
+        crate::metrics::write_committed(started.elapsed());
         tracing::trace!(
             units = batch.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
