@@ -6,7 +6,7 @@
 use tracing::Span;
 
 use crate::{
-    Result,
+    Error, Result,
     db::{self, Backend, Database, Writer, reader::Reader},
     domain::{
         Contact, ContactFilter, Lead, NewContact, NewOperator, NewSource, Operator,
@@ -102,7 +102,17 @@ impl Repository {
     }
 
     pub async fn register_contact(&self, new: NewContact) -> Result<Registration> {
-        self.writer.run(db::contacts::Register(new)).await
+        let request_id = new.request_id.clone();
+        match self.writer.run(db::contacts::Register(new)).await {
+            // An unknown source: but a concurrent call with the same request
+            // id (in the same batch, or on another replica) may have
+            // registered meanwhile, and its result is this call's too.
+            Err(unknown @ Error::NotFound(_)) => match request_id {
+                Some(request_id) => self.find_registration(request_id).await?.ok_or(unknown),
+                None => Err(unknown),
+            },
+            outcome => outcome,
+        }
     }
 
     /// The registration an earlier call made with this request id, if any.

@@ -57,6 +57,67 @@ impl TestDb {
     }
 }
 
+/// A lock held from outside the server, in a thread of its own, until
+/// dropped: on SQLite the database's write lock (`BEGIN IMMEDIATE`), on
+/// PostgreSQL the operator's row (`FOR UPDATE`). A write that changes that
+/// operator waits for it: the writer is plugged, and the calls sent meanwhile
+/// queue up and then run as one batch.
+pub struct OutsideLock {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OutsideLock {
+    pub fn take(db: &TestDb, operator_id: i64) -> Self {
+        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let url = db.url();
+        let thread = std::thread::spawn(move || {
+            use diesel::connection::SimpleConnection;
+            let mut connection: Box<dyn SimpleConnection> = match url.strip_prefix("sqlite://") {
+                Some(path) => {
+                    let mut sqlite = diesel::SqliteConnection::establish(path).expect("sqlite");
+                    sqlite.batch_execute("BEGIN IMMEDIATE").expect("lock");
+                    Box::new(sqlite)
+                }
+                None => {
+                    let mut pg = PgConnection::establish(&url).expect("postgres");
+                    pg.batch_execute(&format!(
+                        "BEGIN; SELECT id FROM operators WHERE id = {operator_id} FOR UPDATE"
+                    ))
+                    .expect("lock");
+                    Box::new(pg)
+                }
+            };
+            let _ = locked.send(());
+            let _ = released.recv();
+            let _ = connection.batch_execute("ROLLBACK");
+        });
+        is_locked.recv().expect("the lock is taken");
+        Self {
+            release: Some(release),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn release(mut self) {
+        self.release_now();
+    }
+
+    fn release_now(&mut self) {
+        drop(self.release.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for OutsideLock {
+    fn drop(&mut self) {
+        self.release_now();
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Self::Postgres { admin_url, name } = self
@@ -93,15 +154,22 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn(db: &TestDb) -> Self {
+        Self::spawn_with(db, |_| {}).await
+    }
+
+    /// Like [`TestApp::spawn`], with the settings changed by `adjust` first.
+    pub async fn spawn_with(db: &TestDb, adjust: impl FnOnce(&mut Settings)) -> Self {
         // RUST_LOG=debug cargo test -- --nocapture shows the server's log.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_writer(std::io::stderr)
             .try_init();
-        let settings = Settings {
+        let mut settings = Settings {
             listen: "127.0.0.1:0".into(),
             database_url: db.url(),
+            ..Settings::default()
         };
+        adjust(&mut settings);
         let application = Application::build(&settings).await.expect("server starts");
         let address = application.local_addr().expect("bound address");
         let (shutdown, stopped) = oneshot::channel::<()>();

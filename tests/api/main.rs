@@ -6,6 +6,7 @@ mod helpers;
 mod concurrency;
 mod contacts;
 mod dispatch;
+mod idempotency;
 mod leads;
 mod operators;
 mod service;
