@@ -7,6 +7,7 @@ mod concurrency;
 mod contacts;
 mod dispatch;
 mod idempotency;
+mod input;
 mod leads;
 mod operators;
 mod service;
