@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 mod db;
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod proto;

@@ -7,7 +7,7 @@ use tracing::Span;
 
 use crate::{
     Error, Result,
-    db::{self, Backend, Database, Writer, reader::Reader},
+    db::{self, Backend, Database, Writer, WriterLimits, reader::Reader},
     domain::{
         Contact, ContactFilter, Lead, NewContact, NewOperator, NewSource, Operator,
         OperatorChanges, Page, PageRequest, Registration, RequestId, Source, SourceKey,
@@ -28,9 +28,14 @@ pub struct Repository {
 }
 
 impl Repository {
-    /// Starts the writer threads.
-    pub(crate) fn new(database: Database) -> std::io::Result<Self> {
-        let writer = Writer::start(database.write_pool().clone(), WRITERS)?;
+    /// Starts the writer threads; at most `max_queued_writes` write calls
+    /// wait for them at once.
+    pub(crate) fn new(database: Database, max_queued_writes: usize) -> std::io::Result<Self> {
+        let limits = WriterLimits {
+            max_queued: max_queued_writes,
+            timeout: database.timeout(),
+        };
+        let writer = Writer::start(database.write_pool().clone(), WRITERS, limits)?;
         Ok(Self { database, writer })
     }
 
@@ -38,17 +43,42 @@ impl Repository {
         self.database.backend()
     }
 
+    /// Whether the database answers now (for the health service).
+    pub async fn probe(&self) -> Result<()> {
+        let database = self.database.clone();
+        tokio::task::spawn_blocking(move || database.probe()).await?
+    }
+
+    /// Runs a read on a pooled connection. Not started once the caller's
+    /// deadline has passed; run again, once, on another connection when the
+    /// one it got turns out lost (an idle connection the server closed).
     async fn read<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Reader<'_>) -> Result<T> + Send + 'static,
+        F: Fn(&mut Reader<'_>) -> Result<T> + Send + 'static,
     {
+        let deadline = crate::deadline::current();
+        if crate::deadline::has_passed(deadline) {
+            return Err(Error::DeadlineExceeded);
+        }
         let pool = self.database.read_pool().clone();
         let span = Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
+            if crate::deadline::has_passed(deadline) {
+                return Err(Error::DeadlineExceeded);
+            }
             let mut connection = pool.get()?;
-            work(&mut Reader::new(&mut connection))
+            match work(&mut Reader::new(&mut connection)) {
+                Err(error) if error.is_connection_lost() => {
+                    tracing::debug!(%error, "connection lost; reading on another");
+                    // Dropped from the pool on return (see `db::faults`).
+                    drop(connection);
+                    let mut connection = pool.get()?;
+                    work(&mut Reader::new(&mut connection))
+                }
+                outcome => outcome,
+            }
         })
         .await?
     }

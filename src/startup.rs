@@ -1,4 +1,4 @@
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use tokio::net::TcpListener;
 use tonic::transport::{Server, server::TcpIncoming};
@@ -20,6 +20,9 @@ use crate::{
 pub struct Application {
     listener: TcpListener,
     repository: Repository,
+    /// `--shutdown-grace`.
+    #[allow(dead_code)]
+    shutdown_grace: Duration,
 }
 
 impl Application {
@@ -27,13 +30,18 @@ impl Application {
     /// known (port 0 picks one) before serving starts.
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let url = DatabaseUrl::parse(&settings.database_url)?;
-        let database = tokio::task::spawn_blocking(move || Database::open(&url))
-            .await
-            .map_err(|error| StartupError::Migrate(error.to_string()))??;
+        let limits = settings.limits.clone();
+        let database =
+            tokio::task::spawn_blocking(move || Database::open_with(&url, limits.db_timeout))
+                .await
+                .map_err(|error| StartupError::Migrate(error.to_string()))??;
         let listener = TcpListener::bind(&settings.listen).await?;
+        let max_queued_writes = usize::try_from(settings.limits.max_queued_writes)
+            .map_err(|error| StartupError::Config(format!("--max-queued-writes: {error}")))?;
         Ok(Self {
             listener,
-            repository: Repository::new(database)?,
+            repository: Repository::new(database, max_queued_writes)?,
+            shutdown_grace: settings.limits.shutdown_grace,
         })
     }
 

@@ -8,6 +8,7 @@ mod connection;
 pub(crate) mod contacts;
 mod counts;
 mod dispatch;
+mod faults;
 pub(crate) mod leads;
 mod loads;
 mod locks;
@@ -24,4 +25,5 @@ mod writer;
 
 pub use connection::{Backend, DatabaseUrl, StartupError};
 pub(crate) use connection::{Database, DbConnection};
-pub(crate) use writer::Writer;
+pub(crate) use faults::{Class as DbClass, classify};
+pub(crate) use writer::{Writer, WriterLimits};

@@ -3,13 +3,28 @@
 //! commits once, and only then answers each caller. A commit costs about as
 //! much for one unit as for a hundred, and callers pay no hand-off to tokio's
 //! blocking pool.
+//!
+//! Faults (API.md, "Limits and faults"):
+//! - **Overload.** At most `max_queued` units wait in the queue; beyond that
+//!   a call answers RESOURCE_EXHAUSTED at once and is never queued.
+//! - **Deadlines.** A unit whose caller's deadline has passed, or whose
+//!   caller has gone, when its turn comes is not run: DEADLINE_EXCEEDED.
+//! - **Database faults.** No call waits for the database longer than
+//!   `timeout` (`--db-timeout`) past its arrival: a batch waits for a
+//!   connection only as long as its oldest unit has left, and runs again
+//!   after a conflict only within the timeout; then it answers UNAVAILABLE.
+//!   A pooled connection the server closed meanwhile is replaced once.
+//! - **Panics.** A unit that panics answers INTERNAL; the rest of its batch
+//!   runs again, one unit per transaction, and the thread goes on serving.
 
 use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, Sender},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::oneshot;
@@ -29,40 +44,75 @@ const MAX_BATCH: usize = 128;
 /// Attempts of a batch the database aborts over a conflict (deadlock,
 /// serialization failure, a unique index two transactions raced for).
 const MAX_ATTEMPTS: u32 = 16;
+/// The shortest wait for a connection, even when the batch's time is up: a
+/// healthy pool hands one over at once.
+const MIN_CHECKOUT_WAIT: Duration = Duration::from_millis(20);
+
+/// How much the writer takes on, and how long it waits for the database.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterLimits {
+    /// Units that may wait in the queue at once (`--max-queued-writes`).
+    pub(crate) max_queued: usize,
+    /// `--db-timeout`.
+    pub(crate) timeout: Duration,
+}
 
 /// The handle to the writer threads; they stop when every handle is dropped,
 /// after finishing what was queued.
 #[derive(Clone)]
 pub(crate) struct Writer {
     queue: Sender<Box<dyn Job>>,
+    /// Units sent and not yet taken into a batch.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
 }
 
 impl Writer {
-    pub(crate) fn start(pool: Pool, threads: usize) -> std::io::Result<Self> {
+    pub(crate) fn start(pool: Pool, threads: usize, limits: WriterLimits) -> std::io::Result<Self> {
         let (queue, receiver) = mpsc::channel::<Box<dyn Job>>();
         let receiver = Arc::new(Mutex::new(receiver));
+        let queued = Arc::new(AtomicUsize::new(0));
         for index in 0..threads.max(1) {
             let pool = pool.clone();
             let receiver = Arc::clone(&receiver);
+            let queued = Arc::clone(&queued);
             std::thread::Builder::new()
                 .name(format!("minicrm-writer-{index}"))
-                .spawn(move || serve(&pool, &receiver))?;
+                .spawn(move || supervise(&pool, &receiver, &queued, limits.timeout))?;
         }
-        Ok(Self { queue })
+        Ok(Self {
+            queue,
+            queued,
+            max_queued: limits.max_queued.max(1),
+        })
     }
 
     /// Runs the unit in a write transaction and answers once it is committed.
     pub(crate) async fn run<U: WriteUnit>(&self, unit: U) -> Result<U::Output> {
+        let deadline = crate::deadline::current().map(tokio::time::Instant::into_std);
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(Error::DeadlineExceeded);
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::ResourceExhausted(format!(
+                "{} write calls are waiting already; try again later",
+                self.max_queued
+            )));
+        }
         let (reply, answer) = oneshot::channel();
         let job = Queued {
             unit,
             span: Span::current(),
             outcome: None,
             reply,
+            deadline,
+            enqueued: Instant::now(),
         };
-        self.queue
-            .send(Box::new(job))
-            .map_err(|_| Error::Unavailable("the writer has stopped".into()))?;
+        if self.queue.send(Box::new(job)).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::Unavailable("the writer has stopped".into()));
+        }
         answer
             .await
             .map_err(|_| Error::Internal("the writer dropped a unit of work".into()))?
@@ -85,6 +135,9 @@ trait Job: Send {
 
     /// See [`WriteUnit::read_ahead`].
     fn read_ahead(&self, leads: &mut ReadAhead);
+
+    /// When the caller sent it.
+    fn enqueued(&self) -> Instant;
 }
 
 struct Queued<U: WriteUnit> {
@@ -92,14 +145,25 @@ struct Queued<U: WriteUnit> {
     span: Span,
     outcome: Option<Result<U::Output>>,
     reply: oneshot::Sender<Result<U::Output>>,
+    /// The caller's deadline, if it set one.
+    deadline: Option<Instant>,
+    enqueued: Instant,
 }
 
 impl<U: WriteUnit> Job for Queued<U> {
     fn run(&mut self, tx: &mut WriteTx<'_>) -> Result<(), Error> {
         let _entered = self.span.enter();
+        // Nobody waits for the answer any more: the work is not started.
+        if self.reply.is_closed() || self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.outcome = Some(Err(Error::DeadlineExceeded));
+            return Ok(());
+        }
         let retry_unique = U::ON_UNIQUE_VIOLATION == OnUniqueViolation::Retry;
         match units::run(tx, &self.unit) {
             Err(error) if error.is_transient_conflict(retry_unique) => Err(error),
+            // The transaction cannot go on: the connection is gone, or the
+            // database cannot take the work now.
+            Err(error) if error.is_unavailable() => Err(error),
             Err(error) if tx.mode() == Mode::Direct && error.is_fault() => Err(error),
             outcome => {
                 self.outcome = Some(outcome);
@@ -116,6 +180,10 @@ impl<U: WriteUnit> Job for Queued<U> {
         self.unit.read_ahead(leads);
     }
 
+    fn enqueued(&self) -> Instant {
+        self.enqueued
+    }
+
     fn finish(self: Box<Self>, committed: Result<(), &Error>) {
         let answer = match (committed, self.outcome) {
             (Ok(()), Some(outcome)) => outcome,
@@ -127,20 +195,48 @@ impl<U: WriteUnit> Job for Queued<U> {
     }
 }
 
-fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
+/// Serves until every [`Writer`] handle is gone. A panic that escapes
+/// [`serve`] (none is known to) starts it again: the thread never dies
+/// silently, leaving calls to queue for nobody.
+fn supervise(
+    pool: &Pool,
+    receiver: &Mutex<Receiver<Box<dyn Job>>>,
+    queued: &AtomicUsize,
+    timeout: Duration,
+) {
+    loop {
+        match catch_unwind(AssertUnwindSafe(|| serve(pool, receiver, queued, timeout))) {
+            Ok(()) => return,
+            Err(_) => tracing::error!("the writer thread panicked; it serves on"),
+        }
+    }
+}
+
+fn serve(
+    pool: &Pool,
+    receiver: &Mutex<Receiver<Box<dyn Job>>>,
+    queued: &AtomicUsize,
+    timeout: Duration,
+) {
     let mut memory = WriterMemory::default();
     let mut rng = rand::rng();
-    while let Some(mut batch) = next_batch(receiver) {
-        let started = std::time::Instant::now();
-        let committed = match pool.get() {
-            Ok(mut connection) => run_batch(
-                &mut connection,
-                &mut memory,
-                &mut rng,
-                &mut batch,
-                Mode::Direct,
-            ),
-            Err(error) => Err(Error::Pool(error)),
+    while let Some(mut batch) = next_batch(receiver, queued) {
+        let started = Instant::now();
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            run_with_connection(pool, &mut memory, &mut rng, &mut batch, timeout)
+        }));
+        let committed = match run {
+            Ok(committed) => committed,
+            Err(panic) => {
+                tracing::error!(
+                    panic = panic_message(&panic),
+                    units = batch.len(),
+                    "a write batch panicked; running its units one by one"
+                );
+                memory = WriterMemory::default();
+                run_one_by_one(pool, &mut memory, &mut rng, batch, timeout);
+                continue;
+            }
         };
         tracing::trace!(
             units = batch.len(),
@@ -156,9 +252,48 @@ fn serve(pool: &Pool, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
     }
 }
 
+/// After a panic: each unit in a transaction of its own, so that only the
+/// one that panics answers INTERNAL.
+fn run_one_by_one(
+    pool: &Pool,
+    memory: &mut WriterMemory,
+    rng: &mut dyn rand::RngCore,
+    batch: Vec<Box<dyn Job>>,
+    timeout: Duration,
+) {
+    for job in batch {
+        let mut single = vec![job];
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            run_with_connection(pool, memory, rng, &mut single, timeout)
+        }));
+        let committed = match run {
+            Ok(committed) => committed,
+            Err(panic) => {
+                tracing::error!(panic = panic_message(&panic), "a unit of work panicked");
+                *memory = WriterMemory::default();
+                Err(Error::Internal("a unit of work panicked".into()))
+            }
+        };
+        for job in single {
+            job.finish(committed.as_ref().map(|_| ()));
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 /// Waits for one unit, then takes whatever else has queued, up to [`MAX_BATCH`].
 /// `None` once every [`Writer`] handle is gone and the queue is empty.
-fn next_batch(receiver: &Mutex<Receiver<Box<dyn Job>>>) -> Option<Vec<Box<dyn Job>>> {
+fn next_batch(
+    receiver: &Mutex<Receiver<Box<dyn Job>>>,
+    queued: &AtomicUsize,
+) -> Option<Vec<Box<dyn Job>>> {
     let receiver = receiver
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -170,22 +305,93 @@ fn next_batch(receiver: &Mutex<Receiver<Box<dyn Job>>>) -> Option<Vec<Box<dyn Jo
             Err(_) => break,
         }
     }
+    queued.fetch_sub(batch.len(), Ordering::AcqRel);
     Some(batch)
 }
 
+/// Takes a connection and runs the batch on it. The wait for a connection
+/// ends when the batch's oldest unit has waited `timeout`; a connection that
+/// turns out lost before anything was committed is replaced, once, within
+/// the same time.
+fn run_with_connection(
+    pool: &Pool,
+    memory: &mut WriterMemory,
+    rng: &mut dyn rand::RngCore,
+    batch: &mut [Box<dyn Job>],
+    timeout: Duration,
+) -> Result<()> {
+    let oldest = batch
+        .iter()
+        .map(|job| job.enqueued())
+        .min()
+        .unwrap_or_else(Instant::now);
+    let give_up = oldest + timeout;
+    let mut replaced = false;
+    loop {
+        let wait = give_up
+            .saturating_duration_since(Instant::now())
+            .max(MIN_CHECKOUT_WAIT);
+        let mut connection = pool.get_timeout(wait)?;
+        let retry_until = Instant::now() + timeout;
+        match run_batch(
+            &mut connection,
+            memory,
+            rng,
+            batch,
+            Mode::Direct,
+            retry_until,
+        ) {
+            Err(failure)
+                if failure.before_commit
+                    && failure.error.is_connection_lost()
+                    && !replaced
+                    && Instant::now() < give_up =>
+            {
+                // Typically an idle pooled connection the server closed (it
+                // restarted, or the network was cut): dropped from the pool
+                // now (see `ConnectionWatch`), and nothing was committed.
+                tracing::debug!(error = %failure.error, "connection lost; taking another");
+                replaced = true;
+            }
+            outcome => return outcome.map_err(|failure| failure.error),
+        }
+    }
+}
+
+/// Why a batch did not commit.
+struct Failure {
+    error: Error,
+    /// Whether it failed before COMMIT was sent, so that nothing of it can
+    /// have been committed. A connection lost during the commit leaves that
+    /// unknown.
+    before_commit: bool,
+}
+
+impl Failure {
+    fn before_commit(error: Error) -> Self {
+        Self {
+            error,
+            before_commit: true,
+        }
+    }
+}
+
 /// Runs the batch in one transaction, first in `mode` (the writer starts in
-/// `Direct`); after a failure, again in `Savepoints` mode.
+/// `Direct`); after a failure, again in `Savepoints` mode. A conflict runs it
+/// again, with a pause, until `retry_until`.
 fn run_batch(
     connection: &mut DbConnection,
     memory: &mut WriterMemory,
     rng: &mut dyn rand::RngCore,
     batch: &mut [Box<dyn Job>],
     mut mode: Mode,
-) -> Result<()> {
+    retry_until: Instant,
+) -> Result<(), Failure> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut tx = WriteTx::begin(connection, mode, memory, rng)?;
+        let mut tx =
+            WriteTx::begin(connection, mode, memory, rng).map_err(Failure::before_commit)?;
         let failure = match run_units(&mut tx, batch) {
             Err(failure) => {
                 tx.rollback();
@@ -193,15 +399,28 @@ fn run_batch(
             }
             Ok(()) => match tx.commit() {
                 Ok(()) => return Ok(()),
+                // Nothing more can be done on this connection, and the
+                // commit may or may not have happened.
+                Err(error) if error.is_connection_lost() => {
+                    return Err(Failure {
+                        error,
+                        before_commit: false,
+                    });
+                }
                 // Writing the staged contacts, cached loads or counters
                 // failed, or COMMIT did: nothing is committed, and
                 // `Savepoints` mode may get through.
                 Err(error) if mode == Mode::Direct => error,
-                Err(error) => return Err(error),
+                Err(error) => return Err(Failure::before_commit(error)),
             },
         };
-        if attempt >= MAX_ATTEMPTS {
-            return Err(failure);
+        let conflict = failure.is_transient_conflict(true);
+        let out_of_time = attempt > 1 && Instant::now() >= retry_until;
+        if failure.is_unavailable() && !conflict
+            || attempt >= MAX_ATTEMPTS
+            || (conflict && out_of_time)
+        {
+            return Err(Failure::before_commit(failure));
         }
         tracing::debug!(error = %failure, attempt, ?mode, "running the batch again");
         if mode == Mode::Direct {
@@ -256,6 +475,8 @@ mod tests {
             span: Span::none(),
             outcome: None,
             reply,
+            deadline: None,
+            enqueued: Instant::now(),
         };
         (Box::new(job), answer)
     }
@@ -269,7 +490,9 @@ mod tests {
             &mut rand::rng(),
             &mut batch,
             mode,
-        );
+            Instant::now() + Duration::from_secs(2),
+        )
+        .map_err(|failure| failure.error);
         for job in batch {
             job.finish(committed.as_ref().map(|_| ()));
         }
@@ -388,8 +611,8 @@ mod tests {
             assert_eq!(registered.contact.status, ContactStatus::Active);
         }
 
-        let (first, _) = job(registration("+100000001"));
-        let (second, _) = job(registration("+100000002"));
+        let (first, _first) = job(registration("+100000001"));
+        let (second, _second) = job(registration("+100000002"));
         run_as_batch(&without, mode, vec![first, second]);
         let expected = contents(&without);
         assert!(expected.contains("(1, true, 2)"), "{expected}");
@@ -404,5 +627,137 @@ mod tests {
     #[test]
     fn failed_check_in_savepoints_mode_keeps_the_others_writes() {
         failed_check_keeps_the_batch_as_the_others_left_it(Mode::Savepoints);
+    }
+
+    /// A unit that sleeps in its apply (keeping the writer busy), or panics.
+    enum Test {
+        Sleep(Duration),
+        Panic,
+    }
+
+    impl WriteUnit for Test {
+        type Output = ();
+        type Plan = ();
+
+        fn check(&self, _: &mut units::CheckContext<'_, '_>) -> Result<units::Checked<(), ()>> {
+            Ok(units::Checked::Apply(()))
+        }
+
+        fn apply(&self, _: &mut WriteTx<'_>, (): ()) -> Result<(), crate::error::Fault> {
+            match self {
+                Self::Sleep(pause) => std::thread::sleep(*pause),
+                Self::Panic => panic!("a unit of work blew up"),
+            }
+            Ok(())
+        }
+    }
+
+    fn writer(database: &Database, max_queued: usize) -> Writer {
+        let limits = WriterLimits {
+            max_queued,
+            timeout: Duration::from_secs(2),
+        };
+        Writer::start(database.write_pool().clone(), 1, limits).expect("writer")
+    }
+
+    fn contact_count(database: &Database) -> usize {
+        let mut connection = database.read_pool().get().expect("connection");
+        let reader = &mut Reader::new(&mut connection);
+        let page = PageRequest::parse(1000, "").unwrap();
+        contacts::list(reader, page, &ContactFilter::default())
+            .unwrap()
+            .items
+            .len()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_unit_that_panics_answers_internal_and_the_writer_serves_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = seeded(&dir, "panic.db");
+        let writer = writer(&database, 100);
+        let (before, panicked, after) = tokio::join!(
+            writer.run(registration("+100000001")),
+            writer.run(Test::Panic),
+            writer.run(registration("+100000002")),
+        );
+        assert!(before.is_ok(), "{before:?}");
+        assert!(matches!(panicked, Err(Error::Internal(_))), "{panicked:?}");
+        assert!(after.is_ok(), "{after:?}");
+        writer
+            .run(registration("+100000003"))
+            .await
+            .expect("the writer serves on");
+        assert_eq!(contact_count(&database), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn beyond_the_queue_bound_writes_are_refused_at_once_and_written_never() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = seeded(&dir, "bound.db");
+        let writer = writer(&database, 2);
+        let busy = {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.run(Test::Sleep(Duration::from_millis(400))).await })
+        };
+        // The writer has taken the sleeper: the queue is empty again.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut calls = Vec::new();
+        for index in 0..6 {
+            let writer = writer.clone();
+            calls.push(tokio::spawn(async move {
+                let started = Instant::now();
+                let answer = writer.run(registration(&format!("+10000001{index}"))).await;
+                (answer, started.elapsed())
+            }));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut refused = 0;
+        for call in calls {
+            let (answer, elapsed) = call.await.unwrap();
+            match answer {
+                Ok(_) => {}
+                Err(Error::ResourceExhausted(_)) => {
+                    refused += 1;
+                    assert!(elapsed < Duration::from_millis(50), "at once: {elapsed:?}");
+                }
+                Err(error) => panic!("{error}"),
+            }
+        }
+        busy.await.unwrap().unwrap();
+        assert_eq!(refused, 4, "two wait, four are refused");
+        assert_eq!(contact_count(&database), 2, "refused calls wrote nothing");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_unit_whose_deadline_passed_in_the_queue_is_not_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let database = seeded(&dir, "deadline.db");
+        let writer = writer(&database, 100);
+        let busy = {
+            let writer = writer.clone();
+            tokio::spawn(async move { writer.run(Test::Sleep(Duration::from_millis(300))).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let soon = tokio::time::Instant::now() + Duration::from_millis(50);
+        let late =
+            crate::deadline::with_deadline(Some(soon), writer.run(registration("+100000001")));
+        let in_time = crate::deadline::with_deadline(
+            Some(soon + Duration::from_secs(5)),
+            writer.run(registration("+100000002")),
+        );
+        let (late, in_time) = tokio::join!(late, in_time);
+        busy.await.unwrap().unwrap();
+        assert!(matches!(late, Err(Error::DeadlineExceeded)), "{late:?}");
+        assert!(in_time.is_ok(), "{in_time:?}");
+        assert_eq!(contact_count(&database), 1, "the late one was not run");
+        let already = crate::deadline::with_deadline(
+            Some(tokio::time::Instant::now()),
+            writer.run(registration("+100000003")),
+        )
+        .await;
+        assert!(
+            matches!(already, Err(Error::DeadlineExceeded)),
+            "{already:?}"
+        );
     }
 }
