@@ -12,9 +12,11 @@ mod db;
 pub mod deadline;
 pub mod domain;
 pub mod error;
+pub mod health;
 pub mod proto;
 pub mod repository;
 pub mod selector;
+pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 

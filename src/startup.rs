@@ -1,7 +1,10 @@
 use std::{net::SocketAddr, time::Duration};
 
 use tokio::net::TcpListener;
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::{
+    server::NamedService,
+    transport::{Server, server::TcpIncoming},
+};
 
 use crate::{
     api::{
@@ -9,19 +12,33 @@ use crate::{
     },
     config::Settings,
     db::{Backend, Database, DatabaseUrl, StartupError},
+    deadline::DeadlineLayer,
+    health::Health,
     proto::{
         FILE_DESCRIPTOR_SET, contact_service_server::ContactServiceServer,
         operator_service_server::OperatorServiceServer, source_service_server::SourceServiceServer,
     },
     repository::Repository,
+    shutdown::Drain,
 };
+
+// Transport limits (README, "Running in production"). Calls beyond the
+// stream limit wait in the client; write calls beyond --max-queued-writes
+// answer RESOURCE_EXHAUSTED.
+/// Concurrent calls (HTTP/2 streams) per client connection.
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Request headers (metadata) per call, in bytes.
+const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+/// HTTP/2 pings find connections whose client vanished without a word.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// A migrated database and a bound listener, ready to serve.
 pub struct Application {
     listener: TcpListener,
     repository: Repository,
     /// `--shutdown-grace`.
-    #[allow(dead_code)]
     shutdown_grace: Duration,
 }
 
@@ -53,19 +70,32 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight calls finish.
+    /// Serves until `shutdown` resolves, then shuts down gracefully (see
+    /// [`crate::shutdown`]): in-flight calls finish, streams end, and this
+    /// returns within `--shutdown-grace` whatever clients hold open.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<OperatorServiceServer<OperatorApi>>()
-            .await;
-        health.set_serving::<SourceServiceServer<SourceApi>>().await;
-        health
-            .set_serving::<ContactServiceServer<ContactApi>>()
-            .await;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let services = vec![
+            OperatorServiceServer::<OperatorApi>::NAME,
+            SourceServiceServer::<SourceApi>::NAME,
+            ContactServiceServer::<ContactApi>::NAME,
+        ];
+        let mut health = Health::start(reporter, services, self.repository.clone()).await;
+        let drain = Drain::default();
+        let shutdown = {
+            let drain = drain.clone();
+            async move {
+                shutdown.await;
+                // Load balancers hear first, then streams end and new calls
+                // are refused, then tonic stops accepting connections and
+                // waits for the calls in flight.
+                health.shut_down().await;
+                drain.start();
+            }
+        };
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -81,9 +111,17 @@ impl Application {
             .expect("the embedded descriptor sets are valid");
 
         let repository = self.repository;
-        Server::builder()
+        let serving = Server::builder()
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
             // One span and one log line per call, health and reflection included.
             .layer(ObserveLayer)
+            // Ends streams and refuses new calls on shutdown.
+            .layer(drain.layer())
+            // Client deadlines (grpc-timeout): DEADLINE_EXCEEDED.
+            .layer(DeadlineLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -95,10 +133,26 @@ impl Application {
             .serve_with_incoming_shutdown(
                 // Without TCP_NODELAY a response that spans several segments
                 // waits ~40 ms for the client's delayed ACK.
-                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                TcpIncoming::from(self.listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(TCP_KEEPALIVE)),
                 shutdown,
-            )
-            .await
+            );
+        let grace = self.shutdown_grace;
+        let expired = async move {
+            drain.started().await;
+            tokio::time::sleep(grace).await;
+        };
+        tokio::select! {
+            served = serving => served,
+            () = expired => {
+                tracing::warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "shutdown grace expired with calls still open; stopping anyway"
+                );
+                Ok(())
+            }
+        }
     }
 }
 
