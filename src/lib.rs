@@ -7,6 +7,7 @@
 //! function).
 
 pub mod api;
+pub mod cli;
 pub mod config;
 mod db;
 pub mod deadline;
@@ -20,5 +21,8 @@ pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 
-pub use db::{Backend, DatabaseUrl, StartupError};
+pub use db::{
+    Backend, Backup, BackupError, CheckError, DatabaseUrl, Problem, Report, StartupError, backup,
+    check,
+};
 pub use error::{Error, Result};

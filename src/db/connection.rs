@@ -12,8 +12,8 @@ use diesel::{
 use super::faults::{self, ConnectionWatch};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
-const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+pub(super) const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+pub(super) const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 /// Replicas starting together take this PostgreSQL advisory lock so that
 /// only one of them runs the migrations.
@@ -361,6 +361,26 @@ fn migrate(url: &DatabaseUrl, timeout: Duration) -> Result<(), StartupError> {
         }
     }
     Ok(())
+}
+
+/// A connection for the `check` and `backup` tools: it waits for locks as
+/// long as it takes (a repair waits for the servers' writes), but gives up
+/// connecting after the default `--db-timeout`.
+pub(super) fn establish_for_tool(url: &DatabaseUrl) -> Result<DbConnection, String> {
+    let mut connection = Manager::new(url, crate::config::Limits::DB_TIMEOUT)
+        .establish()
+        .map_err(|error| error.to_string())?;
+    let settings = match &mut connection {
+        DbConnection::Sqlite(_) => "PRAGMA busy_timeout = 60000; PRAGMA foreign_keys = ON;",
+        DbConnection::Postgres(pg) => {
+            verify_sqlstates(pg);
+            "SET lock_timeout = 0; SET statement_timeout = 0"
+        }
+    };
+    connection
+        .batch_execute(settings)
+        .map_err(|error| error.to_string())?;
+    Ok(connection)
 }
 
 /// Turns on reading SQLSTATEs (see [`faults::sqlstate`]) after checking it

@@ -4,6 +4,8 @@
 //! Reads take a [`reader::Reader`]; writes are [`units::WriteUnit`]s that the
 //! [`writer::Writer`] threads run inside a [`tx::WriteTx`].
 
+mod backup;
+mod check;
 mod connection;
 pub(crate) mod contacts;
 mod counts;
@@ -23,6 +25,8 @@ mod tx;
 mod units;
 mod writer;
 
+pub use backup::{Backup, BackupError, backup};
+pub use check::{CheckError, Problem, Report, check};
 pub use connection::{Backend, DatabaseUrl, StartupError};
 pub(crate) use connection::{Database, DbConnection};
 pub(crate) use faults::{Class as DbClass, classify};
