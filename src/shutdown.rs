@@ -10,6 +10,12 @@
 //! with an UNAVAILABLE status in its trailers. A unary answer never waits
 //! (its one message is ready with it), so it is never cut; a call that comes
 //! in after the start is answered UNAVAILABLE at once, health checks aside.
+//!
+//! The layer also counts the calls in flight, so that tonic's own shutdown
+//! (GOAWAY, then closing connections) starts only once they are done
+//! ([`Drain::idle`]): until then a client's new call on an open connection
+//! gets an explicit UNAVAILABLE, which every client retries elsewhere, rather
+//! than a connection closing under it.
 
 use std::{
     future::Future,
@@ -27,12 +33,15 @@ use tower::{Layer, Service};
 #[derive(Debug, Clone)]
 pub struct Drain {
     started: watch::Sender<bool>,
+    /// Calls whose answer is not sent yet.
+    in_flight: watch::Sender<usize>,
 }
 
 impl Default for Drain {
     fn default() -> Self {
         Self {
             started: watch::Sender::new(false),
+            in_flight: watch::Sender::new(0),
         }
     }
 }
@@ -53,6 +62,19 @@ impl Drain {
         async move {
             let _ = started.wait_for(|started| *started).await;
         }
+    }
+
+    /// Resolves once no call is in flight.
+    pub fn idle(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut in_flight = self.in_flight.subscribe();
+        async move {
+            let _ = in_flight.wait_for(|calls| *calls == 0).await;
+        }
+    }
+
+    fn enter(&self) -> InFlight {
+        self.in_flight.send_modify(|calls| *calls += 1);
+        InFlight(self.clone())
     }
 
     pub fn layer(&self) -> DrainLayer {
@@ -85,6 +107,16 @@ pub struct Drained<S> {
     drain: Drain,
 }
 
+/// A call in flight, until its answer is sent (or dropped).
+#[derive(Debug)]
+struct InFlight(Drain);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.send_modify(|calls| *calls -= 1);
+    }
+}
+
 fn shutting_down() -> tonic::Status {
     tonic::Status::unavailable("the server is shutting down; try another replica")
 }
@@ -110,13 +142,14 @@ where
         if drain.is_started() && !request.uri().path().starts_with("/grpc.health.v1.Health/") {
             let refused = shutting_down().into_http::<ResBody>();
             return Box::pin(std::future::ready(Ok(
-                refused.map(|body| DrainBody::new(body, drain))
+                refused.map(|body| DrainBody::new(body, drain, None))
             )));
         }
+        let in_flight = drain.enter();
         let call = self.inner.call(request);
         Box::pin(async move {
             let response = call.await?;
-            Ok(response.map(|body| DrainBody::new(body, drain)))
+            Ok(response.map(|body| DrainBody::new(body, drain, Some(in_flight))))
         })
     }
 }
@@ -131,16 +164,18 @@ pin_project! {
         // Made the first time the body waits: unary answers never need it.
         started: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
         ended: bool,
+        in_flight: Option<InFlight>,
     }
 }
 
 impl<B> DrainBody<B> {
-    fn new(inner: B, drain: Drain) -> Self {
+    fn new(inner: B, drain: Drain, in_flight: Option<InFlight>) -> Self {
         Self {
             inner,
             drain,
             started: None,
             ended: false,
+            in_flight,
         }
     }
 }
@@ -158,6 +193,9 @@ impl<B: Body> Body for DrainBody<B> {
             return Poll::Ready(None);
         }
         if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            if frame.is_none() {
+                this.in_flight.take();
+            }
             return Poll::Ready(frame);
         }
         let started = this
@@ -165,6 +203,7 @@ impl<B: Body> Body for DrainBody<B> {
             .get_or_insert_with(|| Box::pin(this.drain.started()));
         ready!(started.as_mut().poll(cx));
         *this.ended = true;
+        this.in_flight.take();
         let mut trailers = HeaderMap::new();
         // A status always makes a header map; nothing to do if not.
         let _ = shutting_down().add_header(&mut trailers);

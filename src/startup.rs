@@ -85,15 +85,18 @@ impl Application {
         ];
         let mut health = Health::start(reporter, services, self.repository.clone()).await;
         let drain = Drain::default();
+        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
         let shutdown = {
             let drain = drain.clone();
             async move {
                 shutdown.await;
-                // Load balancers hear first, then streams end and new calls
-                // are refused, then tonic stops accepting connections and
-                // waits for the calls in flight.
+                let _ = signalled.send(());
+                // Load balancers hear first; then streams end and new calls
+                // are refused; once the calls in flight are done, tonic
+                // sends GOAWAY, stops accepting and closes the connections.
                 health.shut_down().await;
                 drain.start();
+                drain.idle().await;
             }
         };
 
@@ -140,8 +143,11 @@ impl Application {
             );
         let grace = self.shutdown_grace;
         let expired = async move {
-            drain.started().await;
-            tokio::time::sleep(grace).await;
+            if on_signal.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
         };
         tokio::select! {
             served = serving => served,
