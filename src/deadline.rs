@@ -6,9 +6,9 @@
 //! handler's task ([`current`]: the writer thread checks it before it runs
 //! each unit of work, reads before they take a connection), and answers
 //! DEADLINE_EXCEEDED itself when the deadline passes while the call waits.
-//! tonic cancels a call at its `grpc-timeout` too, but answers CANCELLED;
-//! this layer's timer is set a few milliseconds earlier so that it answers
-//! first.
+//! tonic cancels a call at its `grpc-timeout` too, on both sides, with
+//! CANCELLED; this layer's timer is set a little earlier (a tenth of the
+//! timeout, at most 20 ms) so that its answer gets to the client first.
 
 use std::{
     future::Future,
@@ -25,8 +25,8 @@ tokio::task_local! {
     static DEADLINE: Option<Instant>;
 }
 
-/// How much earlier than tonic's own timer this layer's fires.
-const AHEAD: Duration = Duration::from_millis(5);
+/// How much earlier than tonic's own timers this layer's fires, at most.
+const MAX_AHEAD: Duration = Duration::from_millis(20);
 
 /// The deadline of the call this task serves, if its client set one.
 pub fn current() -> Option<Instant> {
@@ -85,8 +85,9 @@ where
         let Some(timeout) = grpc_timeout(request.headers()) else {
             return Box::pin(DEADLINE.scope(None, self.inner.call(request)));
         };
-        let deadline = Instant::now() + timeout.saturating_sub(AHEAD);
-        if timeout <= AHEAD {
+        let ahead = (timeout / 10).min(MAX_AHEAD);
+        let deadline = Instant::now() + (timeout - ahead);
+        if timeout.is_zero() {
             return Box::pin(std::future::ready(Ok(exceeded())));
         }
         let call = DEADLINE.scope(Some(deadline), self.inner.call(request));
