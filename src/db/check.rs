@@ -306,6 +306,13 @@ fn time(micros: Option<i64>) -> String {
     }
 }
 
+fn since(happened: &str, never: &str, micros: Option<i64>) -> String {
+    match micros {
+        Some(micros) => format!("{happened} at {}", utc(micros)),
+        None => never.to_owned(),
+    }
+}
+
 /// `YYYY-MM-DD HH:MM:SS.ffffff UTC` (Howard Hinnant's civil-from-days).
 fn utc(micros: i64) -> String {
     let seconds = micros.div_euclid(1_000_000);
@@ -368,11 +375,15 @@ fn inspect(connection: &mut DbConnection) -> Result<Report, CheckError> {
             problem(
                 format!(
                     "operator {id}: {} ACTIVE contacts over its max_load {}, the latest assigned \
-                     {}, while max_load was last lowered {}: a contact was assigned beyond the limit",
+                     {}, and max_load {}: a contact was assigned beyond the limit",
                     load.active,
                     load.max_load,
                     time(load.last_assigned_at),
-                    time(load.max_load_lowered_at)
+                    since(
+                        "was last lowered",
+                        "was never lowered",
+                        load.max_load_lowered_at
+                    )
                 ),
                 false,
             );
@@ -381,10 +392,14 @@ fn inspect(connection: &mut DbConnection) -> Result<Report, CheckError> {
             problem(
                 format!(
                     "operator {id}: inactive, yet holds {} ACTIVE contacts, the latest assigned {}, \
-                     while it was last deactivated {}: a contact was assigned to an inactive operator",
+                     and it {}: a contact was assigned to an inactive operator",
                     load.active,
                     time(load.last_assigned_at),
-                    time(load.deactivated_at)
+                    since(
+                        "was last deactivated",
+                        "was never deactivated",
+                        load.deactivated_at
+                    )
                 ),
                 false,
             );

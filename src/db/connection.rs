@@ -186,6 +186,18 @@ fn postgres_url(url: &str, timeout: Duration) -> String {
     url
 }
 
+/// Failed attempts of a pool to open a connection, at debug level: while
+/// the database is down a pool retries every second or so, and the health
+/// probe reports the outage once.
+#[derive(Debug)]
+struct LogConnectError;
+
+impl r2d2::HandleError<diesel::r2d2::Error> for LogConnectError {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        tracing::debug!(%error, "cannot open a database connection");
+    }
+}
+
 /// Session settings each new pooled connection needs.
 #[derive(Debug)]
 struct SessionSettings {
@@ -268,6 +280,7 @@ impl Database {
                 // connections are caught by `has_broken` instead.
                 .test_on_check_out(false)
                 .connection_customizer(Box::new(SessionSettings { timeout }))
+                .error_handler(Box::new(LogConnectError))
                 .build(Manager::new(url, timeout))
         };
         let probe = pool(1, 0)?;
