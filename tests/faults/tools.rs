@@ -13,7 +13,10 @@ use crate::{
     server::{Server, tool},
 };
 
-crate::backend_tests!(check_finds_and_repair_recomputes_what_is_wrong);
+crate::backend_tests!(
+    check_finds_and_repair_recomputes_what_is_wrong,
+    check_and_repair_run_while_the_server_writes,
+);
 
 /// Runs SQL on the test database behind the server's back.
 fn execute(db: &TestDb, sql: &str) {
@@ -309,4 +312,55 @@ async fn postgres_backup_points_to_pg_dump() {
         assert!(!std::path::Path::new(&target).exists());
     })
     .await;
+}
+
+/// `check` reads one snapshot and `--repair` holds writers off while it
+/// works: both pass while calls keep writing, and the calls only wait.
+async fn check_and_repair_run_while_the_server_writes(db: TestDb) {
+    let server = Server::start(&db.url(), &[]).await;
+    let source_id = seed(&server.channel, "bot", 4, 20).await;
+    let load = Load::start(&server.channel, source_id, "busy", 6, 1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = db.url();
+    let mut runs = Vec::new();
+    for repair in [false, true, false, true] {
+        let mut args = vec!["check", "--database-url", url.as_str()];
+        if repair {
+            args.push("--repair");
+        }
+        let started = std::time::Instant::now();
+        let output = tokio::task::spawn_blocking({
+            let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+            move || tool(&args.iter().map(String::as_str).collect::<Vec<_>>())
+        })
+        .await
+        .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "check{} under load: {stdout}{}",
+            if repair { " --repair" } else { "" },
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(!stdout.contains("repaired:"), "nothing to repair: {stdout}");
+        runs.push(started.elapsed());
+    }
+    let records = load.stop().await;
+    let slowest = records
+        .iter()
+        .map(|record| record.latency)
+        .max()
+        .unwrap_or_default();
+    eprintln!(
+        "check, check --repair, check, check --repair under load: took {runs:?}; {} calls \
+         meanwhile {:?}, the slowest {slowest:?}",
+        records.len(),
+        crate::load::codes(&records)
+    );
+    assert!(
+        records.iter().all(|record| record.code == Code::Ok),
+        "{:?}",
+        crate::load::codes(&records)
+    );
+    assert!(tool(&["check", "--database-url", &url]).status.success());
 }
