@@ -73,7 +73,18 @@ async fn probe(reporter: HealthReporter, services: Vec<&'static str>, repository
     let mut serving = true;
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
-        let probed = repository.probe().await;
+        // A probe stuck on a dead network counts as a failure.
+        let probed = match tokio::time::timeout(
+            repository.db_timeout() + PROBE_INTERVAL,
+            repository.probe(),
+        )
+        .await
+        {
+            Ok(probed) => probed,
+            Err(_) => Err(crate::Error::Unavailable(
+                "the health probe got no answer".into(),
+            )),
+        };
         match (&probed, serving) {
             (Err(error), true) => {
                 tracing::warn!(%error, "the database cannot be reached: NOT_SERVING");

@@ -43,6 +43,11 @@ impl Repository {
         self.database.backend()
     }
 
+    /// `--db-timeout`.
+    pub fn db_timeout(&self) -> std::time::Duration {
+        self.database.timeout()
+    }
+
     /// Whether the database answers now (for the health service).
     pub async fn probe(&self) -> Result<()> {
         let database = self.database.clone();
