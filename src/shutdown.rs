@@ -20,60 +20,75 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     task::{Context, Poll, ready},
 };
 
 use http::{HeaderMap, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 use tower::{Layer, Service};
 
-/// Starts the drain; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Drain {
-    started: watch::Sender<bool>,
-    /// Calls whose answer is not sent yet.
-    in_flight: watch::Sender<usize>,
-}
+/// Starts the drain; cheap to clone. Plain atomics on the path of every
+/// call; the notification is only for the shutdown's waiters.
+#[derive(Debug, Clone, Default)]
+pub struct Drain(Arc<Shared>);
 
-impl Default for Drain {
-    fn default() -> Self {
-        Self {
-            started: watch::Sender::new(false),
-            in_flight: watch::Sender::new(0),
-        }
-    }
+#[derive(Debug, Default)]
+struct Shared {
+    started: AtomicBool,
+    /// Calls whose answer is not sent yet.
+    in_flight: AtomicUsize,
+    changed: Notify,
 }
 
 impl Drain {
     /// Ends every waiting stream and refuses new calls from now on.
     pub fn start(&self) {
-        self.started.send_replace(true);
+        self.0.started.store(true, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
     }
 
     pub fn is_started(&self) -> bool {
-        *self.started.borrow()
+        self.0.started.load(Ordering::SeqCst)
     }
 
     /// Resolves once [`Drain::start`] has been called.
     pub fn started(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut started = self.started.subscribe();
-        async move {
-            let _ = started.wait_for(|started| *started).await;
-        }
+        self.until(|shared| shared.started.load(Ordering::SeqCst))
     }
 
-    /// Resolves once no call is in flight.
+    /// Resolves once the drain has started and no call is in flight.
     pub fn idle(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut in_flight = self.in_flight.subscribe();
+        self.until(|shared| {
+            shared.started.load(Ordering::SeqCst) && shared.in_flight.load(Ordering::SeqCst) == 0
+        })
+    }
+
+    fn until(
+        &self,
+        done: impl Fn(&Shared) -> bool + Send + 'static,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let shared = Arc::clone(&self.0);
         async move {
-            let _ = in_flight.wait_for(|calls| *calls == 0).await;
+            loop {
+                let changed = shared.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                if done(&shared) {
+                    return;
+                }
+                changed.await;
+            }
         }
     }
 
     fn enter(&self) -> InFlight {
-        self.in_flight.send_modify(|calls| *calls += 1);
+        self.0.in_flight.fetch_add(1, Ordering::SeqCst);
         InFlight(self.clone())
     }
 
@@ -113,7 +128,12 @@ struct InFlight(Drain);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.send_modify(|calls| *calls -= 1);
+        let shared = &(self.0).0;
+        if shared.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && shared.started.load(Ordering::SeqCst)
+        {
+            shared.changed.notify_waiters();
+        }
     }
 }
 
