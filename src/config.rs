@@ -7,7 +7,12 @@ use crate::telemetry::LogFormat;
 /// minicrm: hands contacts from many chat bots to operators, by weight,
 /// within each operator's load limit. Serves gRPC.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "minicrm", version, about)]
+#[command(
+    name = "minicrm",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 pub struct Cli {
     #[command(flatten)]
     pub settings: Settings,
@@ -27,6 +32,13 @@ pub enum Command {
     /// Asks a running server for its gRPC health; exits 0 when it answers
     /// SERVING, 1 otherwise (for container health checks).
     Health(crate::health_cmd::HealthArgs),
+    /// Verify every invariant and counter of the database (loads, limits,
+    /// the GetOperatorStats counters, the contacts' fields); exits 1 with a
+    /// report when one fails. Safe while servers run.
+    Check(crate::cli::CheckArgs),
+    /// Write a consistent copy of a SQLite database to PATH while servers
+    /// keep serving it (for PostgreSQL, use pg_dump).
+    Backup(crate::cli::BackupArgs),
 }
 
 /// What the server needs to serve.
@@ -89,6 +101,10 @@ pub struct Settings {
         requires = "tls_cert"
     )]
     pub tls_client_ca: Option<PathBuf>,
+
+    // Limits and faults (API.md "Limits and faults").
+    #[command(flatten)]
+    pub limits: Limits,
 }
 
 impl Default for Settings {
@@ -105,6 +121,7 @@ impl Default for Settings {
             tls_key: None,
             tls_client_ca: None,
             metrics_listen: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -126,6 +143,48 @@ impl Default for EventSettings {
     fn default() -> Self {
         Self {
             event_retention: Self::RETENTION,
+        }
+    }
+}
+
+/// How much the server takes on, and how long it waits: see "Running in
+/// production" in the README.
+#[derive(Debug, Clone, Args)]
+pub struct Limits {
+    /// At most this many write calls wait for the writer at once; beyond
+    /// that a write answers RESOURCE_EXHAUSTED at once and writes nothing.
+    #[arg(
+        long,
+        env = "MINICRM_MAX_QUEUED_WRITES",
+        default_value_t = Limits::MAX_QUEUED_WRITES,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_queued_writes: u32,
+
+    /// How long a call waits for an unreachable or locked database before
+    /// answering UNAVAILABLE (`2s`, `500ms`, `1.5s`; a bare number is
+    /// seconds). Also the connect timeout of PostgreSQL connections.
+    #[arg(long, env = "MINICRM_DB_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub db_timeout: Duration,
+
+    /// On SIGTERM or SIGINT: how long in-flight calls may take before the
+    /// process exits anyway, whatever clients still hold open.
+    #[arg(long, env = "MINICRM_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+}
+
+impl Limits {
+    pub const MAX_QUEUED_WRITES: u32 = 10_000;
+    pub const DB_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_queued_writes: Self::MAX_QUEUED_WRITES,
+            db_timeout: Self::DB_TIMEOUT,
+            shutdown_grace: Self::SHUTDOWN_GRACE,
         }
     }
 }
@@ -217,5 +276,28 @@ mod tests {
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn limits_have_their_defaults_and_flags() {
+        let settings = Cli::try_parse_from(["minicrm"]).unwrap().settings;
+        assert_eq!(settings.limits.max_queued_writes, 10_000);
+        assert_eq!(settings.limits.db_timeout, Duration::from_secs(2));
+        assert_eq!(settings.limits.shutdown_grace, Duration::from_secs(10));
+        let settings = Cli::try_parse_from([
+            "minicrm",
+            "--max-queued-writes",
+            "5",
+            "--db-timeout",
+            "750ms",
+            "--shutdown-grace",
+            "3s",
+        ])
+        .unwrap()
+        .settings;
+        assert_eq!(settings.limits.max_queued_writes, 5);
+        assert_eq!(settings.limits.db_timeout, Duration::from_millis(750));
+        assert_eq!(settings.limits.shutdown_grace, Duration::from_secs(3));
+        assert!(Cli::try_parse_from(["minicrm", "--max-queued-writes", "0"]).is_err());
     }
 }

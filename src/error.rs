@@ -2,6 +2,8 @@
 
 use tonic::{Code, Status};
 
+use crate::db::DbClass;
+
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +37,12 @@ pub enum Error {
     /// apply: the transaction runs again and the check sees the change.
     #[error("conflict: {0}")]
     Conflict(String),
+    /// Too many write calls wait already (`--max-queued-writes`).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// The call's deadline passed before its work started: nothing was done.
+    #[error("the deadline passed before the call's work started")]
+    DeadlineExceeded,
 }
 
 /// What the apply phase of a write unit may fail with: a fault of the
@@ -83,16 +91,16 @@ impl Error {
     }
 
     /// Whether running the whole transaction again may succeed: the database
-    /// aborted it because of a concurrent one, not because of its content.
+    /// aborted it because of a concurrent one (serialization failure,
+    /// deadlock, lock wait timeout: by SQLSTATE, see `db::faults`), not
+    /// because of its content.
     pub fn is_transient_conflict(&self, retry_unique_violations: bool) -> bool {
-        use diesel::result::{DatabaseErrorKind as Kind, Error as DieselError};
         match self {
             Self::Conflict(_) => true,
-            Self::Database(DieselError::DatabaseError(kind, info)) => match kind {
-                Kind::SerializationFailure => true,
-                Kind::UniqueViolation => retry_unique_violations,
-                // PostgreSQL's deadlock_detected (40P01) has no kind of its own in diesel.
-                _ => info.message().contains("deadlock detected"),
+            Self::Database(error) => match crate::db::classify(error) {
+                DbClass::Conflict => true,
+                DbClass::UniqueViolation => retry_unique_violations,
+                _ => false,
             },
             _ => false,
         }
@@ -106,7 +114,9 @@ impl Error {
             | Self::NotFound(_)
             | Self::AlreadyExists(_)
             | Self::FailedPrecondition(_)
-            | Self::OutOfRange(_) => false,
+            | Self::OutOfRange(_)
+            | Self::ResourceExhausted(_)
+            | Self::DeadlineExceeded => false,
             Self::Pool(_)
             | Self::Database(_)
             | Self::Task(_)
@@ -126,14 +136,24 @@ impl Error {
         }
     }
 
-    fn is_unavailable(&self) -> bool {
-        use diesel::result::Error as DieselError;
+    /// Whether the connection this came from is gone (the database went
+    /// away, or the network did): another connection may work.
+    pub fn is_connection_lost(&self) -> bool {
+        match self {
+            Self::Database(error) => crate::db::classify(error) == DbClass::ConnectionLost,
+            _ => false,
+        }
+    }
+
+    /// Whether the database could not be reached or could not take the work
+    /// now: UNAVAILABLE, never INTERNAL.
+    pub fn is_unavailable(&self) -> bool {
         match self {
             Self::Pool(_) | Self::Unavailable(_) | Self::Conflict(_) => true,
-            Self::Database(DieselError::DatabaseError(kind, info)) => {
-                matches!(kind, diesel::result::DatabaseErrorKind::ClosedConnection)
-                    || info.message().contains("database is locked")
-            }
+            Self::Database(error) => matches!(
+                crate::db::classify(error),
+                DbClass::ConnectionLost | DbClass::Unavailable | DbClass::Conflict
+            ),
             _ => false,
         }
     }
@@ -150,6 +170,8 @@ impl From<Error> for Status {
             Error::AlreadyExists(message) => Status::already_exists(message),
             Error::FailedPrecondition(message) => Status::failed_precondition(message),
             Error::OutOfRange(message) => Status::out_of_range(message),
+            Error::ResourceExhausted(message) => Status::resource_exhausted(message),
+            Error::DeadlineExceeded => Status::deadline_exceeded(error.to_string()),
             Error::Pool(_)
             | Error::Database(_)
             | Error::Task(_)

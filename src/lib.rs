@@ -10,11 +10,14 @@
 
 pub mod api;
 pub mod auth;
+pub mod cli;
 pub mod config;
 mod db;
+pub mod deadline;
 pub mod domain;
 pub mod error;
 pub mod event_stream;
+pub mod health;
 pub mod health_cmd;
 mod lapses;
 pub mod metrics;
@@ -22,9 +25,13 @@ pub mod proto;
 pub mod repository;
 mod retention;
 pub mod selector;
+pub mod shutdown;
 pub mod startup;
 pub mod telemetry;
 pub mod tls;
 
-pub use db::{Backend, DatabaseUrl, StartupError};
+pub use db::{
+    Backend, Backup, BackupError, CheckError, DatabaseUrl, Problem, Report, StartupError, backup,
+    check,
+};
 pub use error::{Error, Result};

@@ -1,46 +1,75 @@
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 use minicrm::{
-    config::{Cli, Command},
+    cli,
+    config::{Cli, Command, Settings},
     health_cmd,
     startup::{Application, shutdown_signal},
     telemetry,
 };
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Health(args)) = &cli.command {
-        return health_cmd::run(args).await;
+    match &cli.command {
+        Some(Command::Health(args)) => match tokio::runtime::Runtime::new() {
+            Ok(runtime) => runtime.block_on(health_cmd::run(args)),
+            Err(error) => {
+                eprintln!("cannot start the runtime: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Some(Command::Check(args)) => {
+            telemetry::init(cli.log_format);
+            cli::check(args)
+        }
+        Some(Command::Backup(args)) => {
+            telemetry::init(cli.log_format);
+            cli::backup(args)
+        }
+        None => {
+            telemetry::init(cli.log_format);
+            serve(&cli.settings)
+        }
     }
-    telemetry::init(cli.log_format);
-    // Errors are logged, not printed, so that every line of a JSON log is JSON.
-    let application = match Application::build(&cli.settings).await {
-        Ok(application) => application,
+}
+
+fn serve(settings: &Settings) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
         Err(error) => {
-            tracing::error!(%error, "cannot start");
+            tracing::error!(%error, "cannot start the runtime");
             return ExitCode::FAILURE;
         }
     };
-    // Before the "serving" line: a SIGTERM from then on is a graceful stop.
-    let shutdown = shutdown_signal();
-    match application.local_addr() {
-        Ok(address) => tracing::info!(
-            %address,
+    let served = runtime.block_on(async {
+        // Errors are logged, not printed, so that every line of a JSON log is JSON.
+        let application = Application::build(settings)
+            .await
+            .inspect_err(|error| tracing::error!(%error, "cannot start"))?;
+        // Before the "serving" line: a SIGTERM from then on is a graceful stop.
+        let shutdown = shutdown_signal();
+        tracing::info!(
+            address = %application.local_addr()?,
             backend = ?application.backend(),
             auth = %if application.authenticates() { "tokens" } else { "off" },
             tls = %application.tls_mode(),
             "minicrm serving gRPC"
-        ),
+        );
+        application.run_until_stopped(shutdown).await?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    });
+    // Reads still waiting for the database hold blocking threads; the
+    // shutdown grace is over, so they are not waited for.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match served {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
         Err(error) => {
-            tracing::error!(%error, "cannot start");
-            return ExitCode::FAILURE;
+            tracing::error!(%error, "stopped on an error");
+            ExitCode::FAILURE
         }
     }
-    if let Err(error) = application.run_until_stopped(shutdown).await {
-        tracing::error!(%error, "the server stopped on an error");
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
 }

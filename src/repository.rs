@@ -6,8 +6,8 @@
 use tracing::Span;
 
 use crate::{
-    Result,
-    db::{self, Backend, Database, Writer, WriterDeps, reader::Reader},
+    Error, Result,
+    db::{self, Backend, Database, Writer, WriterDeps, WriterLimits, reader::Reader},
     domain::{
         Contact, ContactEvent, ContactFilter, EventCursor, EventFilter, Lead, NewContact,
         NewOperator, NewSource, Operator, OperatorChanges, Page, PageRequest, Registration,
@@ -30,13 +30,18 @@ pub struct Repository {
 }
 
 impl Repository {
-    /// Starts the writer threads.
-    pub(crate) fn new(database: Database) -> std::io::Result<Self> {
+    /// Starts the writer threads; at most `max_queued_writes` write calls
+    /// wait for them at once.
+    pub(crate) fn new(database: Database, max_queued_writes: usize) -> std::io::Result<Self> {
         let hub = EventHub::default();
         let deps = WriterDeps {
             pool: database.write_pool().clone(),
             hub: hub.clone(),
             wal: database.wal_restart(),
+            limits: WriterLimits {
+                max_queued: max_queued_writes,
+                timeout: database.timeout(),
+            },
         };
         let writer = Writer::start(deps, WRITERS)?;
         Ok(Self {
@@ -55,17 +60,47 @@ impl Repository {
         self.database.backend()
     }
 
+    /// `--db-timeout`.
+    pub fn db_timeout(&self) -> std::time::Duration {
+        self.database.timeout()
+    }
+
+    /// Whether the database answers now (for the health service).
+    pub async fn probe(&self) -> Result<()> {
+        let database = self.database.clone();
+        tokio::task::spawn_blocking(move || database.probe()).await?
+    }
+
+    /// Runs a read on a pooled connection. Not started once the caller's
+    /// deadline has passed; run again, once, on another connection when the
+    /// one it got turns out lost (an idle connection the server closed).
     async fn read<T, F>(&self, work: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&mut Reader<'_>) -> Result<T> + Send + 'static,
+        F: Fn(&mut Reader<'_>) -> Result<T> + Send + 'static,
     {
+        let deadline = crate::deadline::current();
+        if crate::deadline::has_passed(deadline) {
+            return Err(Error::DeadlineExceeded);
+        }
         let pool = self.database.read_pool().clone();
         let span = Span::current();
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
+            if crate::deadline::has_passed(deadline) {
+                return Err(Error::DeadlineExceeded);
+            }
             let mut connection = pool.get()?;
-            work(&mut Reader::new(&mut connection))
+            match work(&mut Reader::new(&mut connection)) {
+                Err(error) if error.is_connection_lost() => {
+                    tracing::debug!(%error, "connection lost; reading on another");
+                    // Dropped from the pool on return (see `db::faults`).
+                    drop(connection);
+                    let mut connection = pool.get()?;
+                    work(&mut Reader::new(&mut connection))
+                }
+                outcome => outcome,
+            }
         })
         .await?
     }
@@ -137,7 +172,17 @@ impl Repository {
     }
 
     pub async fn register_contact(&self, new: NewContact) -> Result<Registration> {
-        self.writer.run(db::contacts::Register(new)).await
+        let request_id = new.request_id.clone();
+        match self.writer.run(db::contacts::Register(new)).await {
+            // An unknown source: but a concurrent call with the same request
+            // id (in the same batch, or on another replica) may have
+            // registered meanwhile, and its result is this call's too.
+            Err(unknown @ Error::NotFound(_)) => match request_id {
+                Some(request_id) => self.find_registration(request_id).await?.ok_or(unknown),
+                None => Err(unknown),
+            },
+            outcome => outcome,
+        }
     }
 
     /// The registration an earlier call made with this request id, if any.

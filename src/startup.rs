@@ -5,7 +5,10 @@ use std::{
 };
 
 use tokio::net::TcpListener;
-use tonic::transport::{Server, ServerTlsConfig, server::TcpIncoming};
+use tonic::{
+    server::NamedService,
+    transport::{Server, ServerTlsConfig, server::TcpIncoming},
+};
 
 use crate::{
     api::{
@@ -14,6 +17,8 @@ use crate::{
     auth::{AuthLayer, TokenFile},
     config::Settings,
     db::{Backend, Database, DatabaseUrl, StartupError},
+    deadline::DeadlineLayer,
+    health::Health,
     lapses,
     metrics::MetricsEndpoint,
     proto::{
@@ -22,8 +27,21 @@ use crate::{
     },
     repository::Repository,
     retention,
+    shutdown::Drain,
     tls::{self, TlsMode},
 };
+
+// Transport limits (README, "Running in production"). Calls beyond the
+// stream limit wait in the client; write calls beyond --max-queued-writes
+// answer RESOURCE_EXHAUSTED.
+/// Concurrent calls (HTTP/2 streams) per client connection.
+const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Request headers (metadata) per call, in bytes.
+const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+/// HTTP/2 pings find connections whose client vanished without a word.
+const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// A migrated database and a bound listener, ready to serve.
 pub struct Application {
@@ -33,6 +51,8 @@ pub struct Application {
     security: Security,
     /// With `--metrics-listen`: Prometheus metrics, served alongside.
     metrics: Option<MetricsEndpoint>,
+    /// `--shutdown-grace`.
+    shutdown_grace: Duration,
 }
 
 /// Who may call, and over what.
@@ -146,11 +166,14 @@ impl Application {
     pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
         let security = Security::from_settings(settings).await?;
         let url = DatabaseUrl::parse(&settings.database_url)?;
-        let database = tokio::task::spawn_blocking(move || Database::open(&url))
+        let db_timeout = settings.limits.db_timeout;
+        let database = tokio::task::spawn_blocking(move || Database::open_with(&url, db_timeout))
             .await
             .map_err(|error| StartupError::Migrate(error.to_string()))??;
         let listener = TcpListener::bind(&settings.listen).await?;
-        let repository = Repository::new(database)?;
+        let max_queued_writes = usize::try_from(settings.limits.max_queued_writes)
+            .map_err(|error| StartupError::Config(format!("--max-queued-writes: {error}")))?;
+        let repository = Repository::new(database, max_queued_writes)?;
         let metrics = match &settings.metrics_listen {
             Some(address) => Some(
                 MetricsEndpoint::bind(address, repository.clone())
@@ -167,6 +190,7 @@ impl Application {
             metrics,
             event_retention: settings.events.event_retention,
             security,
+            shutdown_grace: settings.limits.shutdown_grace,
         })
     }
 
@@ -193,20 +217,46 @@ impl Application {
         self.listener.local_addr()
     }
 
-    /// Serves until `shutdown` resolves, then lets in-flight calls finish.
+    /// Serves until `shutdown` resolves, then shuts down gracefully (see
+    /// [`crate::shutdown`]): in-flight calls finish, streams end, and this
+    /// returns within `--shutdown-grace` whatever clients hold open.
     pub async fn run_until_stopped(
         mut self,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), tonic::transport::Error> {
         let _reloader = self.security.spawn_reloader();
-        let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<OperatorServiceServer<OperatorApi>>()
-            .await;
-        health.set_serving::<SourceServiceServer<SourceApi>>().await;
-        health
-            .set_serving::<ContactServiceServer<ContactApi>>()
-            .await;
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let services = vec![
+            OperatorServiceServer::<OperatorApi>::NAME,
+            SourceServiceServer::<SourceApi>::NAME,
+            ContactServiceServer::<ContactApi>::NAME,
+        ];
+        let mut health = Health::start(reporter, services, self.repository.clone()).await;
+        let drain = Drain::default();
+        let (signalled, on_signal) = tokio::sync::oneshot::channel::<()>();
+        let retention = tokio::spawn(retention::run(
+            self.repository.clone(),
+            self.event_retention,
+        ));
+        let lapses = tokio::spawn(lapses::run(self.repository.clone()));
+        let hub = self.repository.event_hub().clone();
+        let shutdown = {
+            let drain = drain.clone();
+            async move {
+                shutdown.await;
+                let _ = signalled.send(());
+                // Load balancers hear first; then streams end (watch streams
+                // with UNAVAILABLE) and new calls are refused; once the calls
+                // in flight are done, tonic sends GOAWAY, stops accepting and
+                // closes the connections.
+                health.shut_down().await;
+                hub.close();
+                retention.abort();
+                lapses.abort();
+                drain.start();
+                drain.idle().await;
+            }
+        };
 
         let reflection = || {
             tonic_reflection::server::Builder::configure()
@@ -222,28 +272,26 @@ impl Application {
             .expect("the embedded descriptor sets are valid");
 
         let repository = self.repository;
-        let retention = tokio::spawn(retention::run(repository.clone(), self.event_retention));
-        let lapses = tokio::spawn(lapses::run(repository.clone()));
-        let hub = repository.event_hub().clone();
-        let shutdown = async move {
-            shutdown.await;
-            // Watch streams end (UNAVAILABLE), so in-flight calls can finish.
-            hub.close();
-            retention.abort();
-            lapses.abort();
-        };
         // Stops with the server: scrapes have nothing to finish.
         let metrics = self.metrics.map(|endpoint| tokio::spawn(endpoint.serve()));
-        let mut server = Server::builder();
+        let mut server = Server::builder()
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            .http2_max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
         if let Some(tls) = self.security.tls {
             server = server.tls_config(tls)?;
         }
-        let served = server
+        let serving = server
             // One span and one log line per call, health and reflection
             // included, refused calls too: the auth layer runs inside it.
             .layer(ObserveLayer)
+            // Ends streams and refuses new calls on shutdown.
+            .layer(drain.layer())
             // Tokens and roles (a pass-through without a tokens file).
             .layer(AuthLayer::new(self.security.tokens))
+            // Client deadlines (grpc-timeout): DEADLINE_EXCEEDED.
+            .layer(DeadlineLayer)
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -255,10 +303,29 @@ impl Application {
             .serve_with_incoming_shutdown(
                 // Without TCP_NODELAY a response that spans several segments
                 // waits ~40 ms for the client's delayed ACK.
-                TcpIncoming::from(self.listener).with_nodelay(Some(true)),
+                TcpIncoming::from(self.listener)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(TCP_KEEPALIVE)),
                 shutdown,
-            )
-            .await;
+            );
+        let grace = self.shutdown_grace;
+        let expired = async move {
+            if on_signal.await.is_ok() {
+                tokio::time::sleep(grace).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let served = tokio::select! {
+            served = serving => served,
+            () = expired => {
+                tracing::warn!(
+                    grace_ms = grace.as_millis() as u64,
+                    "shutdown grace expired with calls still open; stopping anyway"
+                );
+                Ok(())
+            }
+        };
         if let Some(metrics) = metrics {
             metrics.abort();
         }

@@ -13,10 +13,12 @@ use diesel::{
     r2d2::{CustomizeConnection, R2D2Connection},
     sql_types::Integer,
 };
+
+use super::faults::{self, ConnectionWatch};
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
 
-const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
-const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+pub(super) const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+pub(super) const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 /// Replicas starting together take this PostgreSQL advisory lock so that
 /// only one of them runs the migrations.
@@ -24,7 +26,9 @@ const MIGRATION_LOCK_KEY: i64 = 0x6d69_6e69_6372_6d00;
 
 const POSTGRES_POOL_SIZE: u32 = 16;
 const SQLITE_READ_POOL_SIZE: u32 = 8;
-const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long migrations wait for SQLite's write lock: another process may be
+/// migrating the same file.
+const SQLITE_MIGRATION_BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(diesel::MultiConnection)]
 pub enum DbConnection {
@@ -90,7 +94,32 @@ pub enum StartupError {
 /// which would replace the backend's error with a generic one.
 #[derive(Debug)]
 pub(crate) struct Manager {
+    /// For PostgreSQL, with the connection timeouts added (see [`postgres_url`]).
     url: DatabaseUrl,
+}
+
+impl Manager {
+    fn new(url: &DatabaseUrl, timeout: Duration) -> Self {
+        let url = match url {
+            DatabaseUrl::Postgres(url) => DatabaseUrl::Postgres(postgres_url(url, timeout)),
+            sqlite => sqlite.clone(),
+        };
+        Self { url }
+    }
+
+    /// A connection of its own, outside any pool.
+    fn establish(&self) -> Result<DbConnection, diesel::ConnectionError> {
+        match &self.url {
+            DatabaseUrl::Postgres(url) => {
+                let mut pg = PgConnection::establish(url)?;
+                pg.set_instrumentation(ConnectionWatch::default());
+                Ok(DbConnection::Postgres(pg))
+            }
+            DatabaseUrl::Sqlite(path) => {
+                SqliteConnection::establish(path).map(DbConnection::Sqlite)
+            }
+        }
+    }
 }
 
 impl r2d2::ManageConnection for Manager {
@@ -98,30 +127,92 @@ impl r2d2::ManageConnection for Manager {
     type Error = diesel::r2d2::Error;
 
     fn connect(&self) -> Result<DbConnection, Self::Error> {
-        let connection = match &self.url {
-            DatabaseUrl::Postgres(url) => PgConnection::establish(url).map(DbConnection::Postgres),
-            DatabaseUrl::Sqlite(path) => {
-                SqliteConnection::establish(path).map(DbConnection::Sqlite)
-            }
-        };
-        connection.map_err(diesel::r2d2::Error::ConnectionError)
+        self.establish()
+            .map_err(diesel::r2d2::Error::ConnectionError)
     }
 
     fn is_valid(&self, connection: &mut DbConnection) -> Result<(), Self::Error> {
         connection.ping().map_err(diesel::r2d2::Error::QueryError)
     }
 
+    /// Also a PostgreSQL connection that lost its server: diesel's own check
+    /// looks only at the transaction state.
     fn has_broken(&self, connection: &mut DbConnection) -> bool {
-        std::thread::panicking() || connection.is_broken()
+        std::thread::panicking() || connection.is_broken() || is_lost(connection)
     }
 }
 
-/// Session settings each new connection needs.
+/// Whether a statement on the connection failed because the connection is gone.
+fn is_lost(connection: &mut DbConnection) -> bool {
+    match connection {
+        DbConnection::Postgres(pg) => pg
+            .instrumentation()
+            .downcast_ref::<ConnectionWatch>()
+            .is_some_and(ConnectionWatch::lost),
+        DbConnection::Sqlite(_) => false,
+    }
+}
+
+/// The PostgreSQL URL with libpq's timeouts set from `--db-timeout`, unless
+/// the URL sets them itself: `connect_timeout` (whole seconds, at least 2 in
+/// libpq), `tcp_user_timeout` (a statement whose packets go unacknowledged
+/// that long fails instead of hanging on a dead network), and TCP
+/// keepalives, which find idle pooled connections to a host that vanished.
+fn postgres_url(url: &str, timeout: Duration) -> String {
+    let present: Vec<&str> = url
+        .split_once('?')
+        .map(|(_, query)| {
+            query
+                .split('&')
+                .filter_map(|pair| pair.split('=').next())
+                .collect()
+        })
+        .unwrap_or_default();
+    let millis = timeout.as_millis().max(1);
+    let wanted = [
+        (
+            "connect_timeout",
+            timeout.as_secs_f64().ceil().max(2.0).to_string(),
+        ),
+        ("tcp_user_timeout", millis.to_string()),
+        ("keepalives", "1".to_owned()),
+        ("keepalives_idle", "30".to_owned()),
+        ("keepalives_interval", "10".to_owned()),
+        ("keepalives_count", "3".to_owned()),
+    ];
+    let mut url = url.to_owned();
+    for (key, value) in wanted {
+        if present.contains(&key) {
+            continue;
+        }
+        url.push(if url.contains('?') { '&' } else { '?' });
+        url.push_str(&format!("{key}={value}"));
+    }
+    url
+}
+
+/// Failed attempts of a pool to open a connection, at debug level: while
+/// the database is down a pool retries every second or so, and the health
+/// probe reports the outage once.
 #[derive(Debug)]
-struct SessionSettings;
+struct LogConnectError;
+
+impl r2d2::HandleError<diesel::r2d2::Error> for LogConnectError {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        tracing::debug!(%error, "cannot open a database connection");
+    }
+}
+
+/// Session settings each new pooled connection needs.
+#[derive(Debug)]
+struct SessionSettings {
+    /// `--db-timeout`.
+    timeout: Duration,
+}
 
 impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SessionSettings {
     fn on_acquire(&self, connection: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
+        let millis = self.timeout.as_millis().max(1);
         let settings = match connection {
             // busy_timeout first: switching to WAL itself needs the lock that
             // concurrent openers contend for. synchronous=NORMAL in WAL mode
@@ -129,12 +220,19 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SessionSettings 
             // wal_autocheckpoint = 0: the checkpointer thread does it, so a
             // checkpoint's fsyncs never stall the writer thread mid-batch.
             DbConnection::Sqlite(_) => format!(
-                "PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}; PRAGMA journal_mode = WAL; \
+                "PRAGMA busy_timeout = {millis}; PRAGMA journal_mode = WAL; \
                  PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
                  PRAGMA wal_autocheckpoint = 0; \
                  PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT};"
             ),
-            DbConnection::Postgres(_) => "SET lock_timeout = '10s'".to_owned(),
+            // A lock wait gives up after half the timeout (55P03): the writer
+            // runs the transaction again once, within --db-timeout. No
+            // statement of the service takes longer than the timeout on a
+            // healthy server.
+            DbConnection::Postgres(_) => format!(
+                "SET lock_timeout = '{}ms'; SET statement_timeout = '{millis}ms'",
+                (millis / 2).max(1)
+            ),
         };
         connection
             .batch_execute(&settings)
@@ -152,6 +250,11 @@ pub struct Database {
     backend: Backend,
     read: Pool,
     write: Pool,
+    /// One connection for the health probe, so that a busy read pool never
+    /// makes the database look down.
+    probe: Pool,
+    /// `--db-timeout`: how long a checkout waits, and more (see [`SessionSettings`]).
+    timeout: Duration,
     /// SQLite only; stops when the last clone of the database is dropped.
     _checkpointer: Option<Arc<Checkpointer>>,
     /// SQLite: the checkpointer's requests to the writer thread.
@@ -159,47 +262,76 @@ pub struct Database {
 }
 
 impl Database {
-    /// Connects and brings the schema up to date. Blocking.
+    /// Connects and brings the schema up to date, with the default
+    /// `--db-timeout`. Blocking.
+    #[cfg(test)]
     pub fn open(url: &DatabaseUrl) -> Result<Self, StartupError> {
+        Self::open_with(url, crate::config::Limits::DB_TIMEOUT)
+    }
+
+    /// Connects and brings the schema up to date; `timeout` bounds every
+    /// wait for the database (`--db-timeout`). Blocking.
+    pub fn open_with(url: &DatabaseUrl, timeout: Duration) -> Result<Self, StartupError> {
         let backend = url.backend();
-        let pool = |size: u32| {
+        if let DatabaseUrl::Sqlite(path) = url {
+            create_private_file(path)?;
+        }
+        // Migrations first, on a connection of their own: no pool keeps a
+        // connection with a schema cache from before them.
+        migrate(url, timeout)?;
+        let pool = |size: u32, min_idle: u32| {
             r2d2::Pool::builder()
                 .max_size(size)
-                .min_idle(Some(1))
-                .connection_timeout(CHECKOUT_TIMEOUT)
+                .min_idle(Some(min_idle))
+                .connection_timeout(timeout)
                 // A checkout ping costs a round trip per call; broken
                 // connections are caught by `has_broken` instead.
                 .test_on_check_out(false)
-                .connection_customizer(Box::new(SessionSettings))
-                .build(Manager { url: url.clone() })
+                .connection_customizer(Box::new(SessionSettings { timeout }))
+                .error_handler(Box::new(LogConnectError))
+                .build(Manager::new(url, timeout))
         };
+        let probe = pool(1, 0)?;
         let (read, write, checkpointer, wal) = match url {
             DatabaseUrl::Postgres(_) => {
-                let shared = pool(POSTGRES_POOL_SIZE)?;
+                let shared = pool(POSTGRES_POOL_SIZE, 1)?;
                 (shared.clone(), shared, None, None)
             }
             DatabaseUrl::Sqlite(path) => {
-                // The writer opens first so that it creates the file and turns WAL on.
-                let write = pool(1)?;
-                let wal = Arc::new(WalRestart::default());
+                // The writer opens first so that it turns WAL on.
+                let write = pool(1, 1)?;
+                let wal = Arc::new(WalRestart::new(timeout));
                 let checkpointer = Checkpointer::start(path, Arc::clone(&wal))?;
                 (
-                    pool(SQLITE_READ_POOL_SIZE)?,
+                    pool(SQLITE_READ_POOL_SIZE, 1)?,
                     write,
                     Some(Arc::new(checkpointer)),
                     Some(wal),
                 )
             }
         };
-        let database = Self {
+        Ok(Self {
             backend,
             read,
             write,
+            probe,
+            timeout,
             _checkpointer: checkpointer,
             wal,
-        };
-        database.migrate()?;
-        Ok(database)
+        })
+    }
+
+    /// `--db-timeout`.
+    pub(crate) fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Whether the database answers a query now, within the timeout.
+    /// Blocking.
+    pub(crate) fn probe(&self) -> crate::Result<()> {
+        let mut connection = self.probe.get()?;
+        connection.batch_execute("SELECT 1")?;
+        Ok(())
     }
 
     pub fn backend(&self) -> Backend {
@@ -218,28 +350,92 @@ impl Database {
     pub(crate) fn write_pool(&self) -> &Pool {
         &self.write
     }
+}
 
-    fn migrate(&self) -> Result<(), StartupError> {
-        let mut connection = self.write.get()?;
-        let failed = |error: &dyn std::fmt::Display| StartupError::Migrate(error.to_string());
-        match &mut *connection {
-            DbConnection::Sqlite(sqlite) => {
-                sqlite
-                    .run_pending_migrations(SQLITE_MIGRATIONS)
-                    .map_err(|e| failed(&e))?;
-            }
-            DbConnection::Postgres(pg) => {
-                diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
-                    .execute(pg)
-                    .map_err(|e| failed(&e))?;
-                let migrated = pg.run_pending_migrations(POSTGRES_MIGRATIONS).map(drop);
-                diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
-                    .execute(pg)
-                    .map_err(|e| failed(&e))?;
-                migrated.map_err(|e| failed(&e))?;
-            }
+/// Brings the schema up to date on a connection of its own, which waits for
+/// locks as long as it takes: a replica that migrates holds the advisory
+/// lock (or SQLite's write lock) for as long as the migrations run, and the
+/// others must wait for it rather than fail after `lock_timeout`.
+fn migrate(url: &DatabaseUrl, timeout: Duration) -> Result<(), StartupError> {
+    let failed = |error: &dyn std::fmt::Display| StartupError::Migrate(error.to_string());
+    let mut connection = Manager::new(url, timeout)
+        .establish()
+        .map_err(|error| StartupError::Connect(error.to_string()))?;
+    match &mut connection {
+        DbConnection::Sqlite(sqlite) => {
+            sqlite
+                .batch_execute(&format!(
+                    "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL; \
+                     PRAGMA foreign_keys = ON;",
+                    SQLITE_MIGRATION_BUSY_TIMEOUT.as_millis()
+                ))
+                .map_err(|e| failed(&e))?;
+            sqlite
+                .run_pending_migrations(SQLITE_MIGRATIONS)
+                .map_err(|e| failed(&e))?;
         }
-        Ok(())
+        DbConnection::Postgres(pg) => {
+            // Whatever the role or database sets by default.
+            pg.batch_execute("SET lock_timeout = 0; SET statement_timeout = 0")
+                .map_err(|e| failed(&e))?;
+            verify_sqlstates(pg);
+            diesel::sql_query(format!("SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})"))
+                .execute(pg)
+                .map_err(|e| failed(&e))?;
+            let migrated = pg.run_pending_migrations(POSTGRES_MIGRATIONS).map(drop);
+            diesel::sql_query(format!("SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})"))
+                .execute(pg)
+                .map_err(|e| failed(&e))?;
+            migrated.map_err(|e| failed(&e))?;
+        }
+    }
+    Ok(())
+}
+
+/// A connection for the `check` and `backup` tools: it waits for locks as
+/// long as it takes (a repair waits for the servers' writes), but gives up
+/// connecting after the default `--db-timeout`.
+pub(super) fn establish_for_tool(url: &DatabaseUrl) -> Result<DbConnection, String> {
+    let mut connection = Manager::new(url, crate::config::Limits::DB_TIMEOUT)
+        .establish()
+        .map_err(|error| error.to_string())?;
+    let settings = match &mut connection {
+        DbConnection::Sqlite(_) => "PRAGMA busy_timeout = 60000; PRAGMA foreign_keys = ON;",
+        DbConnection::Postgres(pg) => {
+            verify_sqlstates(pg);
+            "SET lock_timeout = 0; SET statement_timeout = 0"
+        }
+    };
+    connection
+        .batch_execute(settings)
+        .map_err(|error| error.to_string())?;
+    Ok(connection)
+}
+
+/// Turns on reading SQLSTATEs (see [`faults::sqlstate`]) after checking it
+/// on a real error.
+fn verify_sqlstates(pg: &mut PgConnection) {
+    if let Err(error) = pg.batch_execute("SELECT 1/0") {
+        faults::verify_with(&error);
+    }
+}
+
+/// Creates the SQLite file, empty and readable by its owner only, unless it
+/// exists: SQLite gives its `-wal` and `-shm` files the database file's
+/// permissions, whatever the umask.
+fn create_private_file(path: &str) -> Result<(), StartupError> {
+    if path.starts_with("file:") {
+        // A URI filename: SQLite opens (and creates) it as it says.
+        return Ok(());
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(StartupError::Connect(format!("{path}: {error}"))),
     }
 }
 
@@ -283,19 +479,28 @@ const RESTART_AT: u64 = 32 << 20;
 /// The WAL is cut back to this size when it restarts, should readers have
 /// held a restart off for long (`journal_size_limit`).
 const JOURNAL_SIZE_LIMIT: u64 = 2 * RESTART_AT;
-const BUSY_TIMEOUT_MS: u32 = 10_000;
 /// How long a restart waits for the readers still on the log, while writes
 /// wait too. Reads take a few milliseconds; should one outlast it, the
 /// checkpointer asks again at its next tick.
 const RESTART_BUSY_TIMEOUT_MS: u32 = 10;
 
 /// A checkpointer's request to its database's writer thread: restart the log.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct WalRestart {
     due: AtomicBool,
+    /// The write connection's busy timeout (`--db-timeout`), put back after
+    /// a restart.
+    busy_timeout: Duration,
 }
 
 impl WalRestart {
+    fn new(busy_timeout: Duration) -> Self {
+        Self {
+            due: AtomicBool::new(false),
+            busy_timeout,
+        }
+    }
+
     /// Restarts the WAL if the checkpointer asked for it (almost always a
     /// no-op). The writer thread calls it after each committed batch, once
     /// the batch's callers are answered, with the write connection (outside
@@ -313,7 +518,10 @@ impl WalRestart {
         let restarted = sqlite
             .batch_execute(&format!("PRAGMA busy_timeout = {RESTART_BUSY_TIMEOUT_MS}"))
             .and_then(|()| checkpoint(sqlite, "RESTART"));
-        let restored = sqlite.batch_execute(&format!("PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}"));
+        let restored = sqlite.batch_execute(&format!(
+            "PRAGMA busy_timeout = {}",
+            self.busy_timeout.as_millis().max(1)
+        ));
         match restarted.and_then(|outcome| restored.map(|()| outcome)) {
             Ok(outcome) => tracing::debug!(
                 busy = outcome.busy,
@@ -434,5 +642,41 @@ mod tests {
         );
         assert!(DatabaseUrl::parse("").is_err());
         assert!(DatabaseUrl::parse(":memory:").is_err());
+    }
+
+    #[test]
+    fn postgres_urls_get_the_timeouts_they_lack() {
+        let url = postgres_url("postgres://u@h/db", Duration::from_millis(1500));
+        assert_eq!(
+            url,
+            "postgres://u@h/db?connect_timeout=2&tcp_user_timeout=1500&keepalives=1\
+             &keepalives_idle=30&keepalives_interval=10&keepalives_count=3"
+        );
+        let url = postgres_url(
+            "postgres://u@h/db?sslmode=require&connect_timeout=9",
+            Duration::from_secs(5),
+        );
+        assert!(
+            url.starts_with(
+                "postgres://u@h/db?sslmode=require&connect_timeout=9&tcp_user_timeout=5000&"
+            ),
+            "{url}"
+        );
+        assert_eq!(url.matches("connect_timeout").count(), 1, "{url}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_new_sqlite_database_and_its_wal_are_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("private.db");
+        let database = Database::open(&DatabaseUrl::Sqlite(path.display().to_string())).unwrap();
+        drop(database.write_pool().get().unwrap());
+        for suffix in ["", "-wal", "-shm"] {
+            let file = format!("{}{suffix}", path.display());
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{file}");
+        }
     }
 }

@@ -4,11 +4,14 @@
 //! Reads take a [`reader::Reader`]; writes are [`units::WriteUnit`]s that the
 //! [`writer::Writer`] threads run inside a [`tx::WriteTx`].
 
+mod backup;
+mod check;
 mod connection;
 pub(crate) mod contacts;
 mod counts;
 mod dispatch;
 pub(crate) mod events;
+mod faults;
 mod guard;
 pub(crate) mod leads;
 mod loads;
@@ -26,6 +29,9 @@ mod tx;
 mod units;
 mod writer;
 
+pub use backup::{Backup, BackupError, backup};
+pub use check::{CheckError, Problem, Report, check};
 pub use connection::{Backend, DatabaseUrl, StartupError};
 pub(crate) use connection::{Database, DbConnection};
-pub(crate) use writer::{Writer, WriterDeps};
+pub(crate) use faults::{Class as DbClass, classify};
+pub(crate) use writer::{Writer, WriterDeps, WriterLimits};

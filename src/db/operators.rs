@@ -5,7 +5,7 @@ use super::{
     models::{NewOperatorRow, OperatorRow},
     reader::{Reader, keyset_page},
     run::RunOn,
-    schema::operators,
+    schema::{operator_history, operators},
     tx::WriteTx,
     units::{CheckContext, Checked, WriteUnit},
 };
@@ -105,6 +105,7 @@ impl WriteUnit for Update {
         } else {
             Vec::new()
         };
+        record_history(tx, *id, changes)?;
         let changeset = OperatorChangeset {
             name: changes.name().map(|name| name.as_str()),
             is_active: changes.is_active(),
@@ -118,4 +119,23 @@ impl WriteUnit for Update {
         tx.write_loads()?;
         find(&mut tx.reader(), *id)?.ok_or_else(|| Fault::vanished(format_args!("operator {id}")))
     }
+}
+
+/// Notes when the change lowers `max_load` or deactivates the operator:
+/// both leave it holding contacts beyond what a new assignment may give it,
+/// which `minicrm check` must tell from a breach of the invariant.
+fn record_history(tx: &mut WriteTx<'_>, id: i64, changes: &OperatorChanges) -> Result<(), Fault> {
+    let now = Timestamp::now().as_micros();
+    let target = operator_history::table.find(id);
+    if let Some(max_load) = changes.max_load() {
+        diesel::update(target.filter(operator_history::max_load.gt(max_load.get())))
+            .set(operator_history::max_load_lowered_at.eq(Some(now)))
+            .execute_on(tx.operator_tables()?)?;
+    }
+    if changes.is_active() == Some(false) {
+        diesel::update(target.filter(operator_history::is_active.eq(true)))
+            .set(operator_history::deactivated_at.eq(Some(now)))
+            .execute_on(tx.operator_tables()?)?;
+    }
+    Ok(())
 }

@@ -125,3 +125,19 @@ diesel::table! {
 }
 
 diesel::joinable!(contact_events -> contacts (contact_id));
+
+// The operators' history columns, apart from `operators` so that its rows
+// (`operators::all_columns`) stay as they are: only UpdateOperator writes
+// them and only `minicrm check` reads them.
+diesel::table! {
+    #[sql_name = "operators"]
+    operator_history (id) {
+        id -> BigInt,
+        is_active -> Bool,
+        max_load -> Integer,
+        /// When `max_load` was last lowered.
+        max_load_lowered_at -> Nullable<BigInt>,
+        /// When the operator was last deactivated.
+        deactivated_at -> Nullable<BigInt>,
+    }
+}

@@ -3,13 +3,28 @@
 //! commits once, and only then answers each caller. A commit costs about as
 //! much for one unit as for a hundred, and callers pay no hand-off to tokio's
 //! blocking pool.
+//!
+//! Faults (API.md, "Limits and faults"):
+//! - **Overload.** At most `max_queued` units wait in the queue; beyond that
+//!   a call answers RESOURCE_EXHAUSTED at once and is never queued.
+//! - **Deadlines.** A unit whose caller's deadline has passed, or whose
+//!   caller has gone, when its turn comes is not run: DEADLINE_EXCEEDED.
+//! - **Database faults.** No call waits for the database longer than
+//!   `timeout` (`--db-timeout`) past its arrival: a batch waits for a
+//!   connection only as long as its oldest unit has left, and runs again
+//!   after a conflict only within the timeout; then it answers UNAVAILABLE.
+//!   A pooled connection the server closed meanwhile is replaced once.
+//! - **Panics.** A unit that panics answers INTERNAL; the rest of its batch
+//!   runs again, one unit per transaction, and the thread goes on serving.
 
 use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
         mpsc::{self, Receiver, Sender},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::oneshot;
@@ -28,44 +43,89 @@ const MAX_BATCH: usize = 128;
 /// Attempts of a batch the database aborts over a conflict (deadlock,
 /// serialization failure, a unique index two transactions raced for).
 const MAX_ATTEMPTS: u32 = 16;
+/// The shortest wait for a connection, even when the batch's time is up: a
+/// healthy pool hands one over at once.
+const MIN_CHECKOUT_WAIT: Duration = Duration::from_millis(20);
+
+/// How much the writer takes on, and how long it waits for the database.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WriterLimits {
+    /// Units that may wait in the queue at once (`--max-queued-writes`).
+    pub(crate) max_queued: usize,
+    /// `--db-timeout`.
+    pub(crate) timeout: Duration,
+}
+
+/// What a writer thread works with, besides its queue.
+pub(crate) struct WriterDeps {
+    pub(crate) pool: Pool,
+    /// Where committed events are announced.
+    pub(crate) hub: EventHub,
+    /// SQLite: the checkpointer's requests to restart the WAL between batches.
+    pub(crate) wal: Option<Arc<WalRestart>>,
+    pub(crate) limits: WriterLimits,
+}
 
 /// The handle to the writer threads; they stop when every handle is dropped,
 /// after finishing what was queued.
 #[derive(Clone)]
 pub(crate) struct Writer {
     queue: Sender<Box<dyn Job>>,
+    /// Units sent and not yet taken into a batch.
+    queued: Arc<AtomicUsize>,
+    max_queued: usize,
 }
 
 impl Writer {
-    /// Starts the writer threads.
     pub(crate) fn start(deps: WriterDeps, threads: usize) -> std::io::Result<Self> {
         let (queue, receiver) = mpsc::channel::<Box<dyn Job>>();
         let receiver = Arc::new(Mutex::new(receiver));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let max_queued = deps.limits.max_queued.max(1);
         let deps = Arc::new(deps);
         for index in 0..threads.max(1) {
             let deps = Arc::clone(&deps);
             let receiver = Arc::clone(&receiver);
+            let queued = Arc::clone(&queued);
             std::thread::Builder::new()
                 .name(format!("minicrm-writer-{index}"))
-                .spawn(move || serve(&deps, &receiver))?;
+                .spawn(move || supervise(&deps, &receiver, &queued))?;
         }
-        Ok(Self { queue })
+        Ok(Self {
+            queue,
+            queued,
+            max_queued,
+        })
     }
 
     /// Runs the unit in a write transaction and answers once it is committed.
     pub(crate) async fn run<U: WriteUnit>(&self, unit: U) -> Result<U::Output> {
+        let deadline = crate::deadline::current().map(tokio::time::Instant::into_std);
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return Err(Error::DeadlineExceeded);
+        }
+        if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(Error::ResourceExhausted(format!(
+                "{} write calls are waiting already; try again later",
+                self.max_queued
+            )));
+        }
         let (reply, answer) = oneshot::channel();
         let job = Queued {
             unit,
             span: Span::current(),
             outcome: None,
             reply,
+            deadline,
+            enqueued: Instant::now(),
         };
         crate::metrics::write_queued();
-        self.queue.send(Box::new(job)).map_err(|_| {
+        if self.queue.send(Box::new(job)).is_err() {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
             crate::metrics::write_not_queued();
-            Error::Unavailable("the writer has stopped".into())
-        })?;
+            return Err(Error::Unavailable("the writer has stopped".into()));
+        }
         answer
             .await
             .map_err(|_| Error::Internal("the writer dropped a unit of work".into()))?
@@ -88,6 +148,9 @@ trait Job: Send {
 
     /// See [`WriteUnit::read_ahead`].
     fn read_ahead(&self, ahead: &mut ReadAhead);
+
+    /// When the caller sent it.
+    fn enqueued(&self) -> Instant;
 }
 
 struct Queued<U: WriteUnit> {
@@ -95,14 +158,25 @@ struct Queued<U: WriteUnit> {
     span: Span,
     outcome: Option<Result<U::Output>>,
     reply: oneshot::Sender<Result<U::Output>>,
+    /// The caller's deadline, if it set one.
+    deadline: Option<Instant>,
+    enqueued: Instant,
 }
 
 impl<U: WriteUnit> Job for Queued<U> {
     fn run(&mut self, tx: &mut WriteTx<'_>) -> Result<(), Error> {
         let _entered = self.span.enter();
+        // Nobody waits for the answer any more: the work is not started.
+        if self.reply.is_closed() || self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.outcome = Some(Err(Error::DeadlineExceeded));
+            return Ok(());
+        }
         let retry_unique = U::ON_UNIQUE_VIOLATION == OnUniqueViolation::Retry;
         match units::run(tx, &self.unit) {
             Err(error) if error.is_transient_conflict(retry_unique) => Err(error),
+            // The transaction cannot go on: the connection is gone, or the
+            // database cannot take the work now.
+            Err(error) if error.is_unavailable() => Err(error),
             Err(error) if tx.mode() == Mode::Direct && error.is_fault() => Err(error),
             outcome => {
                 self.outcome = Some(outcome);
@@ -119,6 +193,10 @@ impl<U: WriteUnit> Job for Queued<U> {
         self.unit.read_ahead(ahead);
     }
 
+    fn enqueued(&self) -> Instant {
+        self.enqueued
+    }
+
     fn finish(self: Box<Self>, committed: Result<(), &Error>) {
         let answer = match (committed, self.outcome) {
             (Ok(()), Some(outcome)) => outcome,
@@ -130,33 +208,40 @@ impl<U: WriteUnit> Job for Queued<U> {
     }
 }
 
-/// What a writer thread works with, besides its queue.
-pub(crate) struct WriterDeps {
-    pub(crate) pool: Pool,
-    /// Where committed events are announced.
-    pub(crate) hub: EventHub,
-    /// SQLite: the checkpointer's requests to restart the WAL between batches.
-    pub(crate) wal: Option<Arc<WalRestart>>,
+/// Serves until every [`Writer`] handle is gone. A panic that escapes
+/// [`serve`] (none is known to) starts it again: the thread never dies
+/// silently, leaving calls to queue for nobody.
+fn supervise(deps: &WriterDeps, receiver: &Mutex<Receiver<Box<dyn Job>>>, queued: &AtomicUsize) {
+    loop {
+        match catch_unwind(AssertUnwindSafe(|| serve(deps, receiver, queued))) {
+            Ok(()) => return,
+            Err(_) => tracing::error!("the writer thread panicked; it serves on"),
+        }
+    }
 }
 
-fn serve(deps: &WriterDeps, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
+fn serve(deps: &WriterDeps, receiver: &Mutex<Receiver<Box<dyn Job>>>, queued: &AtomicUsize) {
+    let (pool, timeout) = (&deps.pool, deps.limits.timeout);
     let mut memory = WriterMemory::default();
     let mut rng = rand::rng();
-    while let Some(mut batch) = next_batch(receiver) {
+    while let Some(mut batch) = next_batch(receiver, queued) {
         crate::metrics::write_taken(batch.len());
-        let started = std::time::Instant::now();
-        let (committed, connection) = match deps.pool.get() {
-            Ok(mut connection) => {
-                let committed = run_batch(
-                    &mut connection,
-                    &mut memory,
-                    &mut rng,
-                    &mut batch,
-                    Mode::Direct,
+        let started = Instant::now();
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            run_with_connection(pool, &mut memory, &mut rng, &mut batch, timeout)
+        }));
+        let (committed, connection) = match run {
+            Ok(run) => run,
+            Err(panic) => {
+                tracing::error!(
+                    panic = panic_message(&panic),
+                    units = batch.len(),
+                    "a write batch panicked; running its units one by one"
                 );
-                (committed, Some(connection))
+                memory = WriterMemory::default();
+                run_one_by_one(pool, &mut memory, &mut rng, batch, timeout);
+                continue;
             }
-            Err(error) => (Err(Error::Pool(error)), None),
         };
         crate::metrics::write_committed(started.elapsed());
         tracing::trace!(
@@ -178,15 +263,55 @@ fn serve(deps: &WriterDeps, receiver: &Mutex<Receiver<Box<dyn Job>>>) {
         for job in batch {
             job.finish(committed.as_ref().map(|_| ()));
         }
+        // Once the batch's callers are answered.
         if let (Ok(_), Some(mut connection), Some(wal)) = (&committed, connection, &deps.wal) {
             wal.restart_if_due(&mut connection);
         }
     }
 }
 
+/// After a panic: each unit in a transaction of its own, so that only the
+/// one that panics answers INTERNAL.
+fn run_one_by_one(
+    pool: &Pool,
+    memory: &mut WriterMemory,
+    rng: &mut dyn rand::RngCore,
+    batch: Vec<Box<dyn Job>>,
+    timeout: Duration,
+) {
+    for job in batch {
+        let mut single = vec![job];
+        let run = catch_unwind(AssertUnwindSafe(|| {
+            run_with_connection(pool, memory, rng, &mut single, timeout).0
+        }));
+        let committed = match run {
+            Ok(committed) => committed,
+            Err(panic) => {
+                tracing::error!(panic = panic_message(&panic), "a unit of work panicked");
+                *memory = WriterMemory::default();
+                Err(Error::Internal("a unit of work panicked".into()))
+            }
+        };
+        for job in single {
+            job.finish(committed.as_ref().map(|_| ()));
+        }
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 /// Waits for one unit, then takes whatever else has queued, up to [`MAX_BATCH`].
 /// `None` once every [`Writer`] handle is gone and the queue is empty.
-fn next_batch(receiver: &Mutex<Receiver<Box<dyn Job>>>) -> Option<Vec<Box<dyn Job>>> {
+fn next_batch(
+    receiver: &Mutex<Receiver<Box<dyn Job>>>,
+    queued: &AtomicUsize,
+) -> Option<Vec<Box<dyn Job>>> {
     let receiver = receiver
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
@@ -198,8 +323,64 @@ fn next_batch(receiver: &Mutex<Receiver<Box<dyn Job>>>) -> Option<Vec<Box<dyn Jo
             Err(_) => break,
         }
     }
+    queued.fetch_sub(batch.len(), Ordering::AcqRel);
     Some(batch)
 }
+
+/// Takes a connection and runs the batch on it. The wait for a connection
+/// ends when the batch's oldest unit has waited `timeout`; a connection that
+/// turns out lost before anything was committed is replaced, once, within
+/// the same time. Returns the connection too, after a commit.
+fn run_with_connection(
+    pool: &Pool,
+    memory: &mut WriterMemory,
+    rng: &mut dyn rand::RngCore,
+    batch: &mut [Box<dyn Job>],
+    timeout: Duration,
+) -> (Result<Committed>, Option<PooledConnection>) {
+    let oldest = batch
+        .iter()
+        .map(|job| job.enqueued())
+        .min()
+        .unwrap_or_else(Instant::now);
+    let give_up = oldest + timeout;
+    let mut replaced = false;
+    loop {
+        let wait = give_up
+            .saturating_duration_since(Instant::now())
+            .max(MIN_CHECKOUT_WAIT);
+        let mut connection = match pool.get_timeout(wait) {
+            Ok(connection) => connection,
+            Err(error) => return (Err(error.into()), None),
+        };
+        let retry_until = Instant::now() + timeout;
+        match run_batch(
+            &mut connection,
+            memory,
+            rng,
+            batch,
+            Mode::Direct,
+            retry_until,
+        ) {
+            Err(failure)
+                if failure.before_commit
+                    && failure.error.is_connection_lost()
+                    && !replaced
+                    && Instant::now() < give_up =>
+            {
+                // Typically an idle pooled connection the server closed (it
+                // restarted, or the network was cut): dropped from the pool
+                // now (see `ConnectionWatch`), and nothing was committed.
+                tracing::debug!(error = %failure.error, "connection lost; taking another");
+                replaced = true;
+            }
+            Err(failure) => return (Err(failure.error), None),
+            Ok(committed) => return (Ok(committed), Some(connection)),
+        }
+    }
+}
+
+type PooledConnection = r2d2::PooledConnection<super::connection::Manager>;
 
 /// A committed batch.
 #[derive(Debug, Clone, Copy)]
@@ -210,19 +391,40 @@ struct Committed {
     last_event: Option<i64>,
 }
 
+/// Why a batch did not commit.
+struct Failure {
+    error: Error,
+    /// Whether it failed before COMMIT was sent, so that nothing of it can
+    /// have been committed. A connection lost during the commit leaves that
+    /// unknown.
+    before_commit: bool,
+}
+
+impl Failure {
+    fn before_commit(error: Error) -> Self {
+        Self {
+            error,
+            before_commit: true,
+        }
+    }
+}
+
 /// Runs the batch in one transaction, first in `mode` (the writer starts in
-/// `Direct`); after a failure, again in `Savepoints` mode.
+/// `Direct`); after a failure, again in `Savepoints` mode. A conflict runs it
+/// again, with a pause, until `retry_until`.
 fn run_batch(
     connection: &mut DbConnection,
     memory: &mut WriterMemory,
     rng: &mut dyn rand::RngCore,
     batch: &mut [Box<dyn Job>],
     mut mode: Mode,
-) -> Result<Committed> {
+    retry_until: Instant,
+) -> Result<Committed, Failure> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut tx = WriteTx::begin(connection, mode, memory, rng)?;
+        let mut tx =
+            WriteTx::begin(connection, mode, memory, rng).map_err(Failure::before_commit)?;
         let failure = match run_units(&mut tx, batch) {
             Err(failure) => {
                 tx.rollback();
@@ -230,15 +432,28 @@ fn run_batch(
             }
             Ok(()) => match tx.commit() {
                 Ok(last_event) => return Ok(Committed { mode, last_event }),
+                // Nothing more can be done on this connection, and the
+                // commit may or may not have happened.
+                Err(error) if error.is_connection_lost() => {
+                    return Err(Failure {
+                        error,
+                        before_commit: false,
+                    });
+                }
                 // Writing the staged contacts, cached loads or counters
                 // failed, or COMMIT did: nothing is committed, and
                 // `Savepoints` mode may get through.
                 Err(error) if mode == Mode::Direct => error,
-                Err(error) => return Err(error),
+                Err(error) => return Err(Failure::before_commit(error)),
             },
         };
-        if attempt >= MAX_ATTEMPTS {
-            return Err(failure);
+        let conflict = failure.is_transient_conflict(true);
+        let out_of_time = attempt > 1 && Instant::now() >= retry_until;
+        if failure.is_unavailable() && !conflict
+            || attempt >= MAX_ATTEMPTS
+            || (conflict && out_of_time)
+        {
+            return Err(Failure::before_commit(failure));
         }
         tracing::debug!(error = %failure, attempt, ?mode, "running the batch again");
         if mode == Mode::Direct {
@@ -300,6 +515,8 @@ mod tests {
             span: Span::none(),
             outcome: None,
             reply,
+            deadline: None,
+            enqueued: Instant::now(),
         };
         (Box::new(job), answer)
     }
@@ -314,7 +531,9 @@ mod tests {
             &mut rand::rng(),
             &mut batch,
             mode,
-        );
+            Instant::now() + Duration::from_secs(2),
+        )
+        .map_err(|failure| failure.error);
         for job in batch {
             job.finish(committed.as_ref().map(|_| ()));
         }

@@ -35,6 +35,7 @@ pub struct RequestId(String);
 impl RequestId {
     /// `None` for an empty key: the call is not idempotent.
     pub fn parse(field: &str, raw: &str) -> Result<Option<Self>> {
+        text::check_controls(field, raw, text::Kind::Plain)?;
         text::check_length(field, raw)?;
         Ok((!raw.is_empty()).then(|| Self(raw.to_owned())))
     }

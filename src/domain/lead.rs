@@ -1,4 +1,4 @@
-use super::text;
+use super::text::{self, Kind};
 use crate::{Error, Result};
 
 /// The caller's own identifier for a person.
@@ -20,7 +20,7 @@ pub struct LeadName(String);
 impl ExternalId {
     /// `None` for blank input: the identifier is absent.
     pub fn parse(field: &str, raw: &str) -> Result<Option<Self>> {
-        let value = text::bounded_trimmed(field, raw)?;
+        let value = text::bounded_trimmed(field, raw, Kind::Plain)?;
         Ok((!value.is_empty()).then(|| Self(value.to_owned())))
     }
 
@@ -32,7 +32,7 @@ impl ExternalId {
 impl Phone {
     /// `None` for blank input: the identifier is absent.
     pub fn parse(field: &str, raw: &str) -> Result<Option<Self>> {
-        let value = text::bounded_trimmed(field, raw)?;
+        let value = text::bounded_trimmed(field, raw, Kind::Plain)?;
         if value.is_empty() {
             return Ok(None);
         }
@@ -64,7 +64,7 @@ impl Phone {
 impl Email {
     /// `None` for blank input: the identifier is absent.
     pub fn parse(field: &str, raw: &str) -> Result<Option<Self>> {
-        let value = text::bounded_trimmed(field, raw)?;
+        let value = text::bounded_trimmed(field, raw, Kind::Plain)?;
         if value.is_empty() {
             return Ok(None);
         }
@@ -93,7 +93,7 @@ impl Email {
 
 impl LeadName {
     pub fn parse(field: &str, raw: &str) -> Result<Self> {
-        text::bounded_trimmed(field, raw).map(|name| Self(name.to_owned()))
+        text::bounded_trimmed(field, raw, Kind::Name).map(|name| Self(name.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -207,6 +207,26 @@ mod tests {
         let grows = format!("{}@x.io", "İ".repeat(200));
         let err = Email::parse("lead.email", &grows).unwrap_err();
         assert!(err.to_string().starts_with("lead.email:"), "{err}");
+    }
+
+    #[test]
+    fn control_characters_are_rejected_except_tab_in_the_name() {
+        let error = ExternalId::parse("lead.external_id", "ext\0").unwrap_err();
+        assert!(
+            error.to_string().starts_with("lead.external_id:"),
+            "{error}"
+        );
+        let error = Phone::parse("lead.phone", "+1555\u{0}0001").unwrap_err();
+        assert!(error.to_string().contains("control"), "{error}");
+        let error = Email::parse("lead.email", "a@b.c\u{7f}").unwrap_err();
+        assert!(error.to_string().starts_with("lead.email:"), "{error}");
+        assert!(ExternalId::parse("lead.external_id", "a\tb").is_err());
+        assert_eq!(
+            LeadName::parse("lead.name", "Ann\tLee").unwrap().as_str(),
+            "Ann\tLee"
+        );
+        let error = LeadName::parse("lead.name", "Ann\0").unwrap_err();
+        assert!(error.to_string().starts_with("lead.name:"), "{error}");
     }
 
     #[test]

@@ -1,4 +1,7 @@
-use super::{Timestamp, text};
+use super::{
+    Timestamp,
+    text::{self, Kind},
+};
 use crate::{Error, Result};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -6,7 +9,7 @@ pub struct OperatorName(String);
 
 impl OperatorName {
     pub fn parse(field: &str, raw: &str) -> Result<Self> {
-        text::required(field, raw).map(Self)
+        text::required(field, raw, Kind::Name).map(Self)
     }
 
     pub fn as_str(&self) -> &str {

@@ -1,6 +1,9 @@
 use std::{collections::HashSet, time::Duration};
 
-use super::{Timestamp, text};
+use super::{
+    Timestamp,
+    text::{self, Kind},
+};
 use crate::{Error, Result};
 
 /// A bot's identifier: trimmed, never blank, at most 255 characters.
@@ -9,7 +12,7 @@ pub struct BotId(String);
 
 impl BotId {
     pub fn parse(field: &str, raw: &str) -> Result<Self> {
-        text::required(field, raw).map(Self)
+        text::required(field, raw, Kind::Plain).map(Self)
     }
 
     pub fn as_str(&self) -> &str {
@@ -23,7 +26,7 @@ pub struct SourceName(String);
 
 impl SourceName {
     pub fn parse(field: &str, raw: &str) -> Result<Self> {
-        text::bounded_trimmed(field, raw).map(|name| Self(name.to_owned()))
+        text::bounded_trimmed(field, raw, Kind::Name).map(|name| Self(name.to_owned()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 
+use diesel::{Connection, PgConnection};
 use minicrm::{
     config::Settings,
     proto::{
@@ -16,6 +17,67 @@ use tonic::{Code, Status, transport::Channel};
 
 use crate::test_db::POSTGRES_URL_VAR;
 pub use crate::test_db::TestDb;
+
+/// A lock held from outside the server, in a thread of its own, until
+/// dropped: on SQLite the database's write lock (`BEGIN IMMEDIATE`), on
+/// PostgreSQL the operator's row (`FOR UPDATE`). A write that changes that
+/// operator waits for it: the writer is plugged, and the calls sent meanwhile
+/// queue up and then run as one batch.
+pub struct OutsideLock {
+    release: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OutsideLock {
+    pub fn take(db: &TestDb, operator_id: i64) -> Self {
+        let (locked, is_locked) = std::sync::mpsc::channel::<()>();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let url = db.url();
+        let thread = std::thread::spawn(move || {
+            use diesel::connection::SimpleConnection;
+            let mut connection: Box<dyn SimpleConnection> = match url.strip_prefix("sqlite://") {
+                Some(path) => {
+                    let mut sqlite = diesel::SqliteConnection::establish(path).expect("sqlite");
+                    sqlite.batch_execute("BEGIN IMMEDIATE").expect("lock");
+                    Box::new(sqlite)
+                }
+                None => {
+                    let mut pg = PgConnection::establish(&url).expect("postgres");
+                    pg.batch_execute(&format!(
+                        "BEGIN; SELECT id FROM operators WHERE id = {operator_id} FOR UPDATE"
+                    ))
+                    .expect("lock");
+                    Box::new(pg)
+                }
+            };
+            let _ = locked.send(());
+            let _ = released.recv();
+            let _ = connection.batch_execute("ROLLBACK");
+        });
+        is_locked.recv().expect("the lock is taken");
+        Self {
+            release: Some(release),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn release(mut self) {
+        self.release_now();
+    }
+
+    fn release_now(&mut self) {
+        drop(self.release.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for OutsideLock {
+    fn drop(&mut self) {
+        self.release_now();
+    }
+}
 
 pub struct TestApp {
     pub operators: OperatorServiceClient<Channel>,

@@ -9,6 +9,8 @@ mod concurrency;
 mod contacts;
 mod dispatch;
 mod events;
+mod idempotency;
+mod input;
 mod leads;
 mod operators;
 mod postgres_tls;
