@@ -44,9 +44,13 @@ fn serve(settings: &Settings) -> ExitCode {
     };
     let served = runtime.block_on(async {
         // Errors are logged, not printed, so that every line of a JSON log is JSON.
-        let application = Application::build(settings)
-            .await
-            .inspect_err(|error| tracing::error!(%error, "cannot start"))?;
+        let application = match Application::build(settings).await {
+            Ok(application) => application,
+            Err(error) => {
+                tracing::error!(%error, "cannot start");
+                return Ok(ExitCode::FAILURE);
+            }
+        };
         // Before the "serving" line: a SIGTERM from then on is a graceful stop.
         let shutdown = shutdown_signal();
         tracing::info!(
@@ -57,16 +61,17 @@ fn serve(settings: &Settings) -> ExitCode {
             "minicrm serving gRPC"
         );
         application.run_until_stopped(shutdown).await?;
-        Ok::<_, Box<dyn std::error::Error>>(())
+        Ok::<_, Box<dyn std::error::Error>>(ExitCode::SUCCESS)
     });
     // Reads still waiting for the database hold blocking threads; the
     // shutdown grace is over, so they are not waited for.
     runtime.shutdown_timeout(Duration::from_millis(100));
     match served {
-        Ok(()) => {
+        Ok(ExitCode::SUCCESS) => {
             tracing::info!("stopped");
             ExitCode::SUCCESS
         }
+        Ok(code) => code,
         Err(error) => {
             tracing::error!(%error, "stopped on an error");
             ExitCode::FAILURE

@@ -297,6 +297,11 @@ impl Repository {
         .await
     }
 
+    /// When the oldest retained event was recorded, if any.
+    pub async fn oldest_event_time(&self) -> Result<Option<Timestamp>> {
+        self.read(db::events::oldest_time).await
+    }
+
     /// Deletes up to `limit` of the oldest events recorded before `before`.
     pub async fn purge_events(&self, before: Timestamp, limit: i64) -> Result<usize> {
         self.writer

@@ -22,6 +22,16 @@ pub async fn run(repository: Repository, retention: Duration) {
                 .as_micros()
                 .saturating_sub(retention_micros),
         );
+        // A read first: most of the time there is nothing to delete, and
+        // then the writer is not bothered.
+        match repository.oldest_event_time().await {
+            Ok(Some(oldest)) if oldest < before => {}
+            Ok(_) => continue,
+            Err(error) => {
+                tracing::warn!(%error, "cannot look for old events");
+                continue;
+            }
+        }
         loop {
             match repository.purge_events(before, BATCH).await {
                 Ok(deleted) if deleted as i64 == BATCH => continue,

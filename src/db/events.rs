@@ -285,6 +285,18 @@ pub(crate) fn horizon(reader: &mut Reader<'_>) -> Result<(i64, i64)> {
     Ok((oldest.unwrap_or(last + 1), last))
 }
 
+/// When the oldest retained event was recorded, if any.
+pub(crate) fn oldest_time(reader: &mut Reader<'_>) -> Result<Option<Timestamp>> {
+    let oldest: Option<i64> = reader
+        .first(
+            contact_events::table
+                .order(contact_events::id)
+                .select(contact_events::time),
+        )
+        .optional()?;
+    Ok(oldest.map(Timestamp::from_micros))
+}
+
 /// OUT_OF_RANGE unless the events after `after` are all still retained.
 pub(crate) fn check_retained(reader: &mut Reader<'_>, after: i64) -> Result<i64> {
     let (oldest, last) = horizon(reader)?;

@@ -662,8 +662,9 @@ mod tests {
             assert_eq!(registered.contact.status, ContactStatus::Active);
         }
 
-        let (first, _) = job(registration("+100000001"));
-        let (second, _) = job(registration("+100000002"));
+        // The answers are kept: a unit whose caller has gone is not run.
+        let (first, _first_answer) = job(registration("+100000001"));
+        let (second, _second_answer) = job(registration("+100000002"));
         run_as_batch(&without, mode, vec![first, second]);
         let expected = contents(&without);
         assert!(expected.contains("(1, true, 2)"), "{expected}");

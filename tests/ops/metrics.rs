@@ -273,28 +273,35 @@ async fn lapse_total_is_read_from_the_lapse_columns_once_they_exist() {
     on_each_backend(lapse_total_from_columns).await;
 }
 
-/// Lapses do not exist yet: the total is 0. Once a migration adds
-/// `contacts.lapses` it is their sum; once `contact_counts.lapsed` exists
-/// (the counter behind GetOperatorStats's `lapsed`), it is that sum. The
-/// server picks each column up without a restart.
+/// A contact that lapses once (its source's accept timeout is one second),
+/// then is accepted: the total is 1, as GetOperatorStats's `lapsed` says.
 async fn lapse_total_from_columns(db: TestDb) {
-    use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
-
     let server = Server::start(&db.url(), &["--metrics-listen", "127.0.0.1:0"], &[]);
     let (mut operators, mut sources, mut contacts) = server.clients().await;
-    let operator = operators
-        .create_operator(pb::CreateOperatorRequest {
-            name: "Ann".into(),
-            is_active: None,
-            max_load: 10,
-        })
-        .await
-        .expect("operator")
-        .into_inner();
+    let mut weights = Vec::new();
+    for name in ["Ann", "Bob"] {
+        let operator = operators
+            .create_operator(pb::CreateOperatorRequest {
+                name: name.into(),
+                is_active: None,
+                max_load: 10,
+            })
+            .await
+            .expect("operator")
+            .into_inner();
+        weights.push(pb::OperatorWeight {
+            operator_id: operator.id,
+            weight: 1,
+        });
+    }
     let source = sources
         .create_source(pb::CreateSourceRequest {
             bot_id: "bot".into(),
             name: "bot".into(),
+            accept_timeout: Some(prost_types::Duration {
+                seconds: 1,
+                nanos: 0,
+            }),
             ..Default::default()
         })
         .await
@@ -303,59 +310,50 @@ async fn lapse_total_from_columns(db: TestDb) {
     sources
         .set_source_operators(pb::SetSourceOperatorsRequest {
             source_id: source.id,
-            operators: vec![pb::OperatorWeight {
-                operator_id: operator.id,
-                weight: 1,
-            }],
+            operators: weights,
         })
         .await
         .expect("weights");
-    for index in 0..3 {
-        contacts
-            .register_contact(pb::RegisterContactRequest {
-                source: Some(pb::register_contact_request::Source::SourceId(source.id)),
-                lead: Some(lead(&format!("+1555111{index:04}"))),
-                request_id: String::new(),
-            })
-            .await
-            .expect("register");
-    }
     let lapses = || server.scrape().get("minicrm_contact_lapses_total", &[]);
     assert_eq!(lapses(), Some(0.0));
-
-    let statements = [
-        "ALTER TABLE contacts ADD COLUMN lapses INTEGER NOT NULL DEFAULT 0",
-        "UPDATE contacts SET lapses = 2",
-    ];
-    let counter = [
-        "ALTER TABLE contact_counts ADD COLUMN lapsed BIGINT NOT NULL DEFAULT 0",
-        "UPDATE contact_counts SET lapsed = 5",
-    ];
-    let run = |sql: &[&str]| match db.sqlite_path() {
-        Some(path) => {
-            let mut connection =
-                SqliteConnection::establish(path.to_str().unwrap()).expect("connect");
-            for statement in sql {
-                diesel::sql_query(*statement)
-                    .execute(&mut connection)
-                    .expect(statement);
-            }
+    let contact = contacts
+        .register_contact(pb::RegisterContactRequest {
+            source: Some(pb::register_contact_request::Source::SourceId(source.id)),
+            lead: Some(lead("+15551110000")),
+            request_id: String::new(),
+        })
+        .await
+        .expect("register")
+        .into_inner()
+        .contact
+        .expect("contact");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let lapsed = loop {
+        let now = contacts
+            .get_contact(pb::GetContactRequest { id: contact.id })
+            .await
+            .expect("get")
+            .into_inner();
+        if now.lapses == 1 {
+            break now;
         }
-        None => {
-            let mut connection = PgConnection::establish(&db.url()).expect("connect");
-            for statement in sql {
-                diesel::sql_query(*statement)
-                    .execute(&mut connection)
-                    .expect(statement);
-            }
-        }
+        assert!(std::time::Instant::now() < deadline, "no lapse: {now:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    run(&statements);
-    assert_eq!(lapses(), Some(6.0), "3 contacts with 2 lapses each");
-    run(&counter);
-    assert_eq!(
-        lapses(),
-        Some(5.0),
-        "the one (operator, source) counter row"
-    );
+    contacts
+        .accept_contact(pb::AcceptContactRequest {
+            id: lapsed.id,
+            operator_id: lapsed.operator_id.expect("redrawn to the other operator"),
+        })
+        .await
+        .expect("accept");
+    let stats = contacts
+        .get_operator_stats(pb::GetOperatorStatsRequest {})
+        .await
+        .expect("stats")
+        .into_inner();
+    let lapsed_total: i64 = stats.rows.iter().map(|row| row.lapsed).sum();
+    assert_eq!(lapsed_total, 1);
+    assert_eq!(lapses(), Some(1.0));
+    server.stop();
 }
