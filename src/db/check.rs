@@ -135,6 +135,9 @@ pub fn check(url: &DatabaseUrl, repair: bool) -> Result<Report, CheckError> {
                 if faults::classify(&error) == Class::Conflict && attempt < REPAIR_ATTEMPTS =>
             {
                 tracing::debug!(%error, attempt, "repair lost a conflict; again");
+                std::thread::sleep(std::time::Duration::from_millis(
+                    rand::random_range(10..100) * u64::from(attempt),
+                ));
             }
             outcome => return outcome,
         }
@@ -157,19 +160,23 @@ fn in_snapshot<T>(
     outcome
 }
 
-/// Locks writers out, recomputes, checks again, commits.
+/// Locks writers out, recomputes, checks again, commits; rolls back on any
+/// error (a deadlock with a writer, say), so that the connection can start
+/// again.
 fn repair_once(connection: &mut DbConnection) -> Result<Report, CheckError> {
     let begin = match connection {
         // Writers (ROW EXCLUSIVE) wait for the repair and it for them;
-        // readers go on.
+        // readers go on. A writer caught holding one of the tables while it
+        // waits for another is a deadlock, which PostgreSQL breaks: the
+        // writer runs again, or the repair does.
         DbConnection::Postgres(_) => {
-            "BEGIN; LOCK TABLE operators, contacts, contact_counts, pending_counts \
+            "BEGIN; LOCK TABLE contacts, contact_counts, pending_counts, operators \
              IN SHARE ROW EXCLUSIVE MODE"
         }
         DbConnection::Sqlite(_) => "BEGIN IMMEDIATE",
     };
-    connection.batch_execute(begin)?;
     let outcome = (|| {
+        connection.batch_execute(begin)?;
         let before = inspect(connection)?;
         if before.problems.iter().any(|p| p.repairable) {
             recompute(connection)?;
@@ -180,13 +187,12 @@ fn repair_once(connection: &mut DbConnection) -> Result<Report, CheckError> {
             .into_iter()
             .filter(|problem| !after.problems.contains(problem))
             .collect();
+        connection.batch_execute("COMMIT")?;
         Ok(after)
     })();
-    match &outcome {
-        Ok(_) => connection.batch_execute("COMMIT")?,
-        Err(_) => {
-            let _ = connection.batch_execute("ROLLBACK");
-        }
+    if outcome.is_err() {
+        // Nothing to roll back when BEGIN itself failed: that is fine.
+        let _ = connection.batch_execute("ROLLBACK");
     }
     outcome
 }
