@@ -84,8 +84,8 @@ pub struct TestApp {
     pub sources: SourceServiceClient<Channel>,
     pub contacts: ContactServiceClient<Channel>,
     pub channel: Channel,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    /// Stops when dropped.
+    server: TestServer,
 }
 
 /// Settings for a test server: port 0 on loopback, over `db`. Tests add
@@ -156,20 +156,10 @@ impl TestApp {
 
     /// Like [`TestApp::spawn`], with settings changed by `adjust`.
     pub async fn spawn_with(db: &TestDb, adjust: impl FnOnce(&mut Settings)) -> Self {
-        init_test_logging();
-        let mut settings = Settings {
-            listen: "127.0.0.1:0".into(),
-            database_url: db.url(),
-            ..Settings::default()
-        };
+        let mut settings = test_settings(db);
         adjust(&mut settings);
-        let application = Application::build(&settings).await.expect("server starts");
-        let address = application.local_addr().expect("bound address");
-        let (shutdown, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(application.run_until_stopped(async {
-            let _ = stopped.await;
-        }));
-        let channel = Channel::from_shared(format!("http://{address}"))
+        let server = TestServer::start(&settings).await;
+        let channel = Channel::from_shared(format!("http://{}", server.address))
             .expect("valid uri")
             .connect()
             .await
@@ -179,19 +169,13 @@ impl TestApp {
             sources: SourceServiceClient::new(channel.clone()),
             contacts: ContactServiceClient::new(channel.clone()),
             channel,
-            shutdown: Some(shutdown),
-            server: Some(server),
+            server,
         }
     }
 
     /// Stops the server gracefully and waits until it has.
-    pub async fn stop(mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
-        if let Some(server) = self.server.take() {
-            server.await.expect("server task").expect("server ran");
-        }
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 
     pub async fn create_operator(&self, name: &str, max_load: i32) -> pb::Operator {
@@ -533,14 +517,6 @@ impl TestApp {
             active_total += active;
         }
         active_total
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(shutdown) = self.shutdown.take() {
-            let _ = shutdown.send(());
-        }
     }
 }
 
