@@ -4,7 +4,7 @@
 //! a certificate made for the test and `hostnossl … reject`, so a connection
 //! that is not TLS is refused. The shared server is not touched. Without the
 //! binaries (or, as root, without a `postgres` user to run them as) the test
-//! prints why and passes.
+//! prints why and passes; a cluster that is there but fails to start fails it.
 
 use std::{
     path::{Path, PathBuf},
@@ -24,7 +24,13 @@ use crate::{
 /// `MINICRM_PG_BIN`, or the newest `/usr/lib/postgresql/*/bin` with initdb.
 fn server_binaries() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("MINICRM_PG_BIN") {
-        return Some(PathBuf::from(dir));
+        let dir = PathBuf::from(dir);
+        assert!(
+            dir.join("initdb").exists(),
+            "MINICRM_PG_BIN={} has no initdb",
+            dir.display()
+        );
+        return Some(dir);
     }
     let mut found: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
         .ok()?
@@ -96,22 +102,24 @@ impl PrivateCluster {
             run_as,
         };
         let data = cluster.data();
-        cluster.run(
-            "initdb",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--locale=C",
-                "--no-sync",
-                "--no-instructions",
-            ],
-        )?;
+        cluster
+            .run(
+                "initdb",
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                    "--no-instructions",
+                ],
+            )
+            .unwrap_or_else(|error| panic!("initdb failed: {error}"));
         // TLS only over TCP: `hostnossl … reject`. 127.0.0.2 is served too,
         // a name the certificate does not carry.
         std::fs::write(
