@@ -10,14 +10,11 @@
 //!   `db::writer`). They live in one process-wide registry, like a Prometheus
 //!   client's default registry, so the hooks need no handle.
 //! - **The database's**, read at every scrape from the counters the writer
-//!   keeps (`pending_counts`, `operators.active_load`), so every replica
-//!   sharing one database reports the same figures: pending contacts per
-//!   source, each operator's load and limit, and the lapses so far. A scrape
-//!   reads at most [`MAX_ROWS`] sources and operators. It scans the contacts
-//!   table only if `contacts.lapses` is all that holds the lapses (no
-//!   `contact_counts.lapsed` counter), and then at most once per ten times the
-//!   scan's own duration, reusing the last total in between (see
-//!   [`LapseScan`]).
+//!   keeps (`pending_counts`, `operators.active_load`,
+//!   `contact_counts.lapsed`), so every replica sharing one database reports
+//!   the same figures: pending contacts per source, each operator's load and
+//!   limit, and the lapses so far. A scrape reads at most [`MAX_ROWS`]
+//!   sources and operators.
 //!
 //! Label values are bounded: `method` is one of the methods the server serves
 //! (from the embedded descriptor sets) or `unknown`; `code` is one of the 17
@@ -46,12 +43,7 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tonic::Code;
 
-use crate::{
-    Result,
-    api::observe::CallOutcome,
-    db::stats::{Gauges, Lapses},
-    repository::Repository,
-};
+use crate::{Result, api::observe::CallOutcome, db::stats::Gauges, repository::Repository};
 
 /// The most sources, and the most operators, one scrape reports (by id,
 /// ascending); past that `minicrm_metrics_series_truncated` is 1. Bounds the
@@ -246,7 +238,7 @@ impl MetricsEndpoint {
             listener: TcpListener::bind(address).await?,
             scraper: Arc::new(Scraper {
                 repository,
-                one_at_a_time: tokio::sync::Mutex::new(None),
+                one_at_a_time: tokio::sync::Mutex::new(()),
             }),
         })
     }
@@ -291,27 +283,8 @@ impl MetricsEndpoint {
 
 struct Scraper {
     repository: Repository,
-    /// Scrapes read the database one at a time, however many come at once;
-    /// the last scan of the contacts table for the lapse total, if any.
-    one_at_a_time: tokio::sync::Mutex<Option<LapseScan>>,
-}
-
-/// The last lapse total summed over the whole contacts table: it is reused
-/// until ten times the scan's duration has passed, so these scans take at
-/// most a tenth of one database connection's time however often scrapes
-/// come (about 100 ms per million contacts: fresh for every scrape up to
-/// ~15 million contacts at the usual 15 s interval).
-#[derive(Debug, Clone, Copy)]
-struct LapseScan {
-    at: Instant,
-    took: Duration,
-    total: i64,
-}
-
-impl LapseScan {
-    fn due(last: Option<&Self>) -> bool {
-        last.is_none_or(|last| last.at.elapsed() >= last.took * 10)
-    }
+    /// Scrapes read the database one at a time, however many come at once.
+    one_at_a_time: tokio::sync::Mutex<()>,
 }
 
 impl Scraper {
@@ -351,24 +324,10 @@ impl Scraper {
     /// The whole exposition: the process's metrics, then the database's.
     async fn render(&self) -> Result<String, std::fmt::Error> {
         let database = {
-            let mut last_scan = self.one_at_a_time.lock().await;
-            let scan = LapseScan::due(last_scan.as_ref());
+            let _one_at_a_time = self.one_at_a_time.lock().await;
             let started = Instant::now();
-            let gauges = self.repository.metrics_gauges(MAX_ROWS, scan).await;
-            let took = started.elapsed();
-            let lapses = gauges.as_ref().ok().and_then(|gauges| match gauges.lapses {
-                Lapses::Counted(total) => Some(total),
-                Lapses::Scanned(total) => {
-                    *last_scan = Some(LapseScan {
-                        at: Instant::now(),
-                        took,
-                        total,
-                    });
-                    Some(total)
-                }
-                Lapses::NotScanned => last_scan.map(|last| last.total),
-            });
-            (gauges.map(|gauges| (gauges, lapses.unwrap_or(0))), took)
+            let gauges = self.repository.metrics_gauges(MAX_ROWS).await;
+            (gauges, started.elapsed())
         };
         let mut text = String::with_capacity(16 * 1024);
         encode_registry(&mut text, &METRICS.registry)?;
@@ -381,7 +340,7 @@ impl Scraper {
 /// The figures read from the database for this scrape. When the read fails
 /// they are left out (not reported as zeros, which would reset the lapse
 /// counter), and `minicrm_metrics_database_read_ok` says so.
-fn database_registry(gauges: Result<(Gauges, i64)>, elapsed: Duration) -> Registry {
+fn database_registry(gauges: Result<Gauges>, elapsed: Duration) -> Registry {
     let mut registry = Registry::default();
     let read_ok: Gauge = Gauge::default();
     let read_seconds = Gauge::<f64, AtomicU64>::default();
@@ -396,7 +355,7 @@ fn database_registry(gauges: Result<(Gauges, i64)>, elapsed: Duration) -> Regist
             tracing::warn!(%error, "metrics: cannot read the database figures");
             read_ok.set(0);
         }
-        Ok((gauges, lapse_total)) => {
+        Ok(gauges) => {
             read_ok.set(1);
             let pending = Family::<IdLabels, Gauge>::default();
             for &(source_id, count) in &gauges.pending {
@@ -440,11 +399,10 @@ fn database_registry(gauges: Result<(Gauges, i64)>, elapsed: Duration) -> Regist
                 is_active,
             );
             let lapses: Counter = Counter::default();
-            lapses.inc_by(u64::try_from(lapse_total).unwrap_or(0));
+            lapses.inc_by(u64::try_from(gauges.lapses).unwrap_or(0));
             registry.register(
                 "minicrm_contact_lapses",
-                "Times an operator let a contact's acceptance deadline pass (from the database; \
-                 0 until lapses exist)",
+                "Times an operator let a contact's acceptance deadline pass (from the database)",
                 lapses,
             );
             let truncated: Gauge = Gauge::default();
@@ -499,25 +457,6 @@ mod tests {
         ] {
             assert_eq!(method_label(path), UNKNOWN_METHOD, "{path:?}");
         }
-    }
-
-    #[test]
-    fn a_contacts_scan_is_reused_for_ten_times_its_duration() {
-        assert!(LapseScan::due(None));
-        let scan = |ago: u64, took: u64| LapseScan {
-            at: Instant::now()
-                .checked_sub(Duration::from_millis(ago))
-                .expect("uptime"),
-            took: Duration::from_millis(took),
-            total: 7,
-        };
-        assert!(!LapseScan::due(Some(&scan(0, 100))));
-        assert!(!LapseScan::due(Some(&scan(900, 100))));
-        assert!(LapseScan::due(Some(&scan(1_000, 100))));
-        assert!(
-            LapseScan::due(Some(&scan(5, 0))),
-            "a quick scan runs each time"
-        );
     }
 
     #[test]

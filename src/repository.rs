@@ -313,13 +313,7 @@ impl Repository {
     }
 
     /// The metrics endpoint's figures from the database (see `crate::metrics`).
-    pub(crate) async fn metrics_gauges(
-        &self,
-        limit: i64,
-        scan_contacts: bool,
-    ) -> Result<db::stats::Gauges> {
-        let backend = self.backend();
-        self.read(move |r| db::stats::gauges(r, backend, limit, scan_contacts))
-            .await
+    pub(crate) async fn metrics_gauges(&self, limit: i64) -> Result<db::stats::Gauges> {
+        self.read(move |r| db::stats::gauges(r, limit)).await
     }
 }

@@ -440,7 +440,7 @@ fn run_batch(
                         before_commit: false,
                     });
                 }
-                // Writing the staged contacts, cached loads or counters
+                // Writing the buffered rows, cached loads, counters or events
                 // failed, or COMMIT did: nothing is committed, and
                 // `Savepoints` mode may get through.
                 Err(error) if mode == Mode::Direct => error,
