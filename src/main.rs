@@ -10,6 +10,12 @@ use minicrm::{
 };
 
 fn main() -> ExitCode {
+    // Before libpq first touches OpenSSL: initialise it without its exit
+    // handler. Otherwise `OPENSSL_cleanup` runs at exit while a pool thread
+    // may still be in a TLS handshake (r2d2 replenishes connections in the
+    // background), and the process dies with SIGSEGV after a clean stop.
+    // Must come first: OpenSSL honours the option only on its first init.
+    openssl_sys::init();
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Health(args)) => match tokio::runtime::Runtime::new() {

@@ -339,5 +339,10 @@ async fn postgres_over_tls_with_sslmode_require_and_verify_full() {
     );
     process.wait_until_serving();
     process.signal("TERM");
-    assert!(process.wait_exit(Duration::from_secs(15)).success());
+    let status = process.wait_exit(Duration::from_secs(15));
+    assert!(
+        status.success(),
+        "minicrm exited with {status} after SIGTERM; the log:\n{}",
+        process.log()
+    );
 }
