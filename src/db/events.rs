@@ -5,6 +5,7 @@
 use diesel::prelude::*;
 
 use super::{
+    DbConnection,
     models::{ContactRow, EventRow},
     reader::Reader,
     run::RunOn,
@@ -91,11 +92,18 @@ pub(super) fn flush(tx: &mut WriteTx<'_>) -> Result<Option<i64>, Fault> {
             }
         })
         .collect();
-    // Bound values per statement stay well below SQLite's limit of 32,766.
-    for chunk in rows.chunks(1_000) {
-        diesel::insert_into(contact_events::table)
-            .values(chunk)
-            .execute_on(tx.connection())?;
+    match tx.connection() {
+        DbConnection::Postgres(pg) => {
+            super::bulk::events(pg, &rows)?;
+        }
+        connection => {
+            // Bound values per statement stay well below SQLite's limit of 32,766.
+            for chunk in rows.chunks(1_000) {
+                diesel::insert_into(contact_events::table)
+                    .values(chunk)
+                    .execute_on(connection)?;
+            }
+        }
     }
     Ok(Some(last))
 }

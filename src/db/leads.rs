@@ -4,7 +4,7 @@ use diesel::prelude::*;
 
 use super::{
     models::{LeadRow, NewLeadRow},
-    reader::{Reader, keyset_page},
+    reader::{PlannedSelect, Reader, keyset_page},
     run::RunOn,
     schema::leads,
     tx::WriteTx,
@@ -188,16 +188,27 @@ impl LeadIndex {
         if ahead.keys().next().is_none() {
             return Ok(index);
         }
-        let rows: Vec<LeadRow> = reader.load(
-            leads::table
-                .filter(
-                    leads::external_id
-                        .eq_any(&ahead.external_ids)
-                        .or(leads::phone.eq_any(&ahead.phones))
-                        .or(leads::email.eq_any(&ahead.emails)),
-                )
-                .select(leads::all_columns),
-        )?;
+        use diesel::sql_types::{Array, Text};
+        let planned = PlannedSelect::new(
+            "SELECT id, external_id, phone, email, name, created_at FROM leads \
+             WHERE external_id = ANY($1) OR phone = ANY($2) OR email = ANY($3)",
+        )
+        .bind::<Array<Text>, _>(&ahead.external_ids)
+        .bind::<Array<Text>, _>(&ahead.phones)
+        .bind::<Array<Text>, _>(&ahead.emails);
+        let rows: Vec<LeadRow> = match reader.load_planned(planned) {
+            Some(rows) => rows?,
+            None => reader.load(
+                leads::table
+                    .filter(
+                        leads::external_id
+                            .eq_any(&ahead.external_ids)
+                            .or(leads::phone.eq_any(&ahead.phones))
+                            .or(leads::email.eq_any(&ahead.emails)),
+                    )
+                    .select(leads::all_columns),
+            )?,
+        };
         index.known.extend(ahead.keys());
         for row in rows {
             index.record(row);

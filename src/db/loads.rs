@@ -321,13 +321,51 @@ pub(super) fn flush(tx: &mut WriteTx<'_>) -> Result<(), Fault> {
     let Loads::Cached(cache) = &mut tx.state.loads else {
         return Ok(());
     };
-    let changes = std::mem::take(&mut cache.changes);
+    let changes: Vec<(i64, i32)> = std::mem::take(&mut cache.changes)
+        .into_iter()
+        .filter(|&(_, delta)| delta != 0)
+        .collect();
     cache.operators.clear();
     cache.tables.clear();
-    for (operator_id, delta) in changes {
-        write_change(tx.connection, operator_id, delta)?;
+    match &mut *tx.connection {
+        // One statement for all of them: PostgreSQL parses and plans each
+        // UPDATE diesel sends, which cost more than the writes themselves.
+        DbConnection::Postgres(pg) if changes.len() > 1 => write_changes(pg, &changes),
+        connection => {
+            for (operator_id, delta) in changes {
+                write_change(connection, operator_id, delta)?;
+            }
+            Ok(())
+        }
     }
-    Ok(())
+}
+
+/// [`write_change`] for many operators in one statement, with the same
+/// guards: every row must pass its own, or the transaction fails. Only
+/// cached operators are written here, and on PostgreSQL those are locked
+/// already (see [`super::locks::sources`]), so the statement takes no new lock.
+fn write_changes(pg: &mut diesel::PgConnection, changes: &[(i64, i32)]) -> Result<(), Fault> {
+    use diesel::sql_types::{Array, BigInt, Integer};
+    let written = diesel::sql_query(
+        "UPDATE operators SET active_load = operators.active_load + v.delta \
+         FROM unnest($1::bigint[], $2::int[]) AS v(id, delta) \
+         WHERE operators.id = v.id \
+           AND operators.active_load + v.delta >= 0 \
+           AND (v.delta < 0 OR (operators.is_active \
+                AND operators.active_load + v.delta <= operators.max_load))",
+    )
+    .bind::<Array<BigInt>, _>(changes.iter().map(|&(id, _)| id).collect::<Vec<_>>())
+    .bind::<Array<Integer>, _>(changes.iter().map(|&(_, delta)| delta).collect::<Vec<_>>())
+    .execute(pg)?;
+    if written == changes.len() {
+        Ok(())
+    } else {
+        Err(Fault::Internal(format!(
+            "{} of {} operator loads cannot move as the transaction counted",
+            changes.len() - written,
+            changes.len()
+        )))
+    }
 }
 
 /// Moves the operator's load by `delta`, guarded in SQL both ways: a growth

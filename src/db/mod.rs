@@ -5,6 +5,7 @@
 //! [`writer::Writer`] threads run inside a [`tx::WriteTx`].
 
 mod backup;
+mod bulk;
 mod check;
 mod connection;
 pub(crate) mod contacts;

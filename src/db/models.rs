@@ -66,7 +66,7 @@ pub struct WeightRow {
 
 /// Also inserted as is, by a batch that took the ids ahead (see
 /// [`ContactRow`]).
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = leads, treat_none_as_default_value = false)]
 pub struct LeadRow {
     pub id: i64,

@@ -220,10 +220,16 @@ impl ContactOverlay {
             .filter_map(|id| rows.remove(id))
             .map(|entry| entry.row)
             .collect();
-        if !inserted.is_empty() {
-            diesel::insert_into(contacts::table)
-                .values(&inserted)
-                .execute_on(connection)?;
+        match &mut *connection {
+            _ if inserted.is_empty() => {}
+            DbConnection::Postgres(pg) => {
+                super::bulk::contacts(pg, &inserted)?;
+            }
+            connection => {
+                diesel::insert_into(contacts::table)
+                    .values(&inserted)
+                    .execute_on(connection)?;
+            }
         }
         let changed: Vec<(Stored, ContactRow)> = rows
             .into_values()

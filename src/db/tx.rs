@@ -239,36 +239,46 @@ impl<'t> WriteTx<'t> {
         let mut overlay = ContactOverlay::default();
         overlay.read_ahead(&mut self.reader(), &ahead.contact_ids)?;
         if inserting > 0 {
-            index.reserve(self.take_ids(Sequence::Leads, inserting)?);
-            overlay.reserve(self.take_ids(Sequence::Contacts, inserting)?);
+            let ids = self.take_ids(inserting)?;
+            index.reserve(ids.iter().map(|row| row.lead));
+            overlay.reserve(ids.iter().map(|row| row.contact));
         }
         self.state.leads = Some(index);
         self.state.contacts = Some(overlay);
         Ok(())
     }
 
-    /// Takes `count` ids of the table ahead. On SQLite the writer holds the
-    /// only write lock, so the ids after the largest one are free; on
-    /// PostgreSQL they come from the sequence.
-    fn take_ids(&mut self, sequence: Sequence, count: usize) -> Result<Vec<i64>> {
+    /// Takes `count` lead ids and `count` contact ids ahead, in one
+    /// statement. On SQLite the writer holds the only write lock, so the ids
+    /// after the largest ones are free; on PostgreSQL they come from the
+    /// sequences (other sessions' calls may interleave: the ids are what
+    /// came, not a range).
+    fn take_ids(&mut self, count: usize) -> Result<Vec<TakenIds>> {
         let count = i64::try_from(count).unwrap_or(i64::MAX);
-        let table = sequence.table();
-        let query = match self.connection {
-            DbConnection::Postgres(_) => format!(
-                "SELECT nextval(pg_get_serial_sequence('{table}', 'id')) AS id \
-                 FROM generate_series(1, {count})"
-            ),
-            DbConnection::Sqlite(_) => {
-                format!("SELECT COALESCE(MAX(id), 0) + 1 AS id FROM {table}")
-            }
-        };
-        let ids: Vec<Id> = diesel::RunQueryDsl::load(diesel::sql_query(query), self.connection)?;
         Ok(match self.connection {
-            // Other sessions' nextval calls may interleave: keep what came.
-            DbConnection::Postgres(_) => ids.into_iter().map(|row| row.id).collect(),
+            DbConnection::Postgres(_) => diesel::RunQueryDsl::load(
+                diesel::sql_query(format!(
+                    "SELECT nextval(pg_get_serial_sequence('leads', 'id')) AS lead, \
+                     nextval(pg_get_serial_sequence('contacts', 'id')) AS contact \
+                     FROM generate_series(1, {count})"
+                )),
+                self.connection,
+            )?,
             DbConnection::Sqlite(_) => {
-                let first = ids.first().map_or(1, |row| row.id);
-                (first..first + count).collect()
+                let after: Vec<TakenIds> = diesel::RunQueryDsl::load(
+                    diesel::sql_query(
+                        "SELECT COALESCE((SELECT MAX(id) FROM leads), 0) AS lead, \
+                         COALESCE((SELECT MAX(id) FROM contacts), 0) AS contact",
+                    ),
+                    self.connection,
+                )?;
+                let (lead, contact) = after.first().map_or((0, 0), |row| (row.lead, row.contact));
+                (1..=count)
+                    .map(|k| TakenIds {
+                        lead: lead + k,
+                        contact: contact + k,
+                    })
+                    .collect()
             }
         })
     }
@@ -278,10 +288,16 @@ impl<'t> WriteTx<'t> {
     pub(crate) fn flush_buffers(&mut self) -> Result<(), Fault> {
         if let Some(index) = &mut self.state.leads {
             let leads = index.take_staged();
-            if !leads.is_empty() {
-                diesel::insert_into(schema::leads::table)
-                    .values(&leads)
-                    .execute_on(self.connection)?;
+            match &mut *self.connection {
+                _ if leads.is_empty() => {}
+                DbConnection::Postgres(pg) => {
+                    super::bulk::leads(pg, &leads)?;
+                }
+                connection => {
+                    diesel::insert_into(schema::leads::table)
+                        .values(&leads)
+                        .execute_on(connection)?;
+                }
             }
         }
         if let Some(overlay) = &mut self.state.contacts {
@@ -291,24 +307,11 @@ impl<'t> WriteTx<'t> {
     }
 }
 
-/// The tables whose ids a batch takes ahead.
-#[derive(Debug, Clone, Copy)]
-enum Sequence {
-    Leads,
-    Contacts,
-}
-
-impl Sequence {
-    fn table(self) -> &'static str {
-        match self {
-            Self::Leads => "leads",
-            Self::Contacts => "contacts",
-        }
-    }
-}
-
+/// A lead id and a contact id taken ahead.
 #[derive(diesel::QueryableByName)]
-struct Id {
+struct TakenIds {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
-    id: i64,
+    lead: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    contact: i64,
 }
