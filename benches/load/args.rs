@@ -88,6 +88,11 @@ pub enum Scenario {
     /// Every second call registers (PENDING, 4 full sources), every other
     /// closes an ACTIVE contact, which dispatches a pending one.
     Mix,
+    /// Two calls of every three register on a source with a 1 s
+    /// `accept_timeout`, the third accepts the first of them: half of the
+    /// contacts are accepted, half lapse (and lapse again with the next
+    /// operator).
+    Accept,
     /// `mix` for the whole of `--seconds`, sampling the database files and
     /// the server's RSS (for SQLite's WAL growth).
     Soak,
@@ -101,9 +106,10 @@ impl Scenario {
             .to_owned()
     }
 
-    /// Whether calls alternate registrations and closes, reported apart.
+    /// Whether calls alternate registrations with closes or accepts,
+    /// reported apart.
     pub fn is_mixed(self) -> bool {
-        matches!(self, Self::Mix | Self::Soak)
+        matches!(self, Self::Mix | Self::Soak | Self::Accept)
     }
 }
 

@@ -33,6 +33,12 @@ use server::{Clients, Server};
 use soak::Soak;
 use test_db::TestDb;
 
+/// Lapses so far, from the stats counters.
+fn lapses(db: &TestDb) -> i64 {
+    Sql::connect(db)
+        .number("SELECT CAST(COALESCE(SUM(lapsed), 0) AS BIGINT) AS n FROM contact_counts")
+}
+
 fn main() {
     let args = Args::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -52,6 +58,7 @@ fn main() {
         let watchers = watchers::Watchers::start(&clients, args.watchers).await;
         let mut table = Table::new();
         let mut soak_log = String::new();
+        let mut lapse_log = String::new();
         let mut number = 0;
         for &scenario in &args.scenarios {
             for &concurrency in &args.concurrency {
@@ -68,6 +75,7 @@ fn main() {
                     fixture: &fixture,
                     progress: &progress,
                 };
+                let lapsed_before = lapses(&db);
                 let measured = if scenario == Scenario::Soak {
                     let soak = Soak {
                         db: &db,
@@ -90,6 +98,15 @@ fn main() {
                     peak_rss_mib: server.peak_rss_mib(),
                 };
                 table.add(&head, &measured, scenario.is_mixed());
+                if scenario == Scenario::Accept {
+                    let lapsed = lapses(&db) - lapsed_before;
+                    let seconds = args.warmup + args.seconds;
+                    lapse_log.push_str(&format!(
+                        "accept at {concurrency} in flight: {lapsed} lapses handled in the \
+                         {seconds} s of warm-up and run ({:.0}/s)\n",
+                        lapsed as f64 / seconds
+                    ));
+                }
             }
         }
         println!("\n{}", table.text());
@@ -97,6 +114,9 @@ fn main() {
             let written =
                 Sql::connect(&db).number("SELECT last AS n FROM event_ids") - events_before;
             println!("{}", watchers.finish(written.unsigned_abs()).await);
+        }
+        if !lapse_log.is_empty() {
+            println!("{lapse_log}");
         }
         if !soak_log.is_empty() {
             println!("{soak_log}");

@@ -27,19 +27,15 @@ impl Table {
         Self { text }
     }
 
-    /// One row for the run; with `split`, one more each for its
-    /// registrations and its closes. Each row is also printed to stderr as
-    /// it comes.
+    /// One row for the run; with `split`, one more for each kind of call
+    /// it made (registrations, closes, accepts). Each row is also printed to
+    /// stderr as it comes.
     pub fn add(&mut self, head: &RowHead, measured: &Measured, split: bool) {
         self.row(head, head.scenario, &measured.total());
         if split {
-            let registrations = format!("{} (registrations)", head.scenario);
-            self.row(head, &registrations, &measured.registrations);
-            self.row(
-                head,
-                &format!("{} (closes)", head.scenario),
-                &measured.closes,
-            );
+            for (kind, part) in measured.split() {
+                self.row(head, &format!("{} ({kind})", head.scenario), part);
+            }
         }
         if let Some(error) = &measured.first_error {
             eprintln!("  first error: {error}");

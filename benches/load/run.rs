@@ -21,6 +21,7 @@ use crate::{
 pub struct Progress {
     pub registrations: AtomicU64,
     pub closes: AtomicU64,
+    pub accepts: AtomicU64,
     pub others: AtomicU64,
     pub errors: AtomicU64,
 }
@@ -31,6 +32,7 @@ impl Progress {
             (false, _) => &self.errors,
             (true, Kind::Registration) => &self.registrations,
             (true, Kind::Close) => &self.closes,
+            (true, Kind::Accept) => &self.accepts,
             (true, Kind::Other) => &self.others,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -56,6 +58,7 @@ impl Part {
 pub struct Measured {
     pub registrations: Part,
     pub closes: Part,
+    pub accepts: Part,
     pub others: Part,
     pub first_error: Option<String>,
 }
@@ -65,6 +68,7 @@ impl Measured {
         match kind {
             Kind::Registration => &mut self.registrations,
             Kind::Close => &mut self.closes,
+            Kind::Accept => &mut self.accepts,
             Kind::Other => &mut self.others,
         }
     }
@@ -72,16 +76,37 @@ impl Measured {
     fn absorb(&mut self, other: Measured) {
         self.registrations.absorb(other.registrations);
         self.closes.absorb(other.closes);
+        self.accepts.absorb(other.accepts);
         self.others.absorb(other.others);
         if self.first_error.is_none() {
             self.first_error = other.first_error;
         }
     }
 
+    fn parts(&self) -> [&Part; 4] {
+        [
+            &self.registrations,
+            &self.closes,
+            &self.accepts,
+            &self.others,
+        ]
+    }
+
+    /// The parts of a mixed run that it made calls of, by name.
+    pub fn split(&self) -> impl Iterator<Item = (&'static str, &Part)> {
+        [
+            ("registrations", &self.registrations),
+            ("closes", &self.closes),
+            ("accepts", &self.accepts),
+        ]
+        .into_iter()
+        .filter(|(_, part)| !part.latencies_us.is_empty() || part.errors > 0)
+    }
+
     /// Every kind together, sorted.
     pub fn total(&self) -> Part {
         let mut total = Part::default();
-        for part in [&self.registrations, &self.closes, &self.others] {
+        for part in self.parts() {
             total.latencies_us.extend(&part.latencies_us);
             total.errors += part.errors;
         }
@@ -153,6 +178,7 @@ impl Run<'_> {
         for part in [
             &mut total.registrations,
             &mut total.closes,
+            &mut total.accepts,
             &mut total.others,
         ] {
             part.latencies_us.sort_unstable();

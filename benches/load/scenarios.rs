@@ -8,7 +8,7 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
 use crate::{
     args::Scenario,
-    queue::CloseQueue,
+    queue::{CloseQueue, Offer},
     seed::{Fixture, MIX_SOURCES, SEED_PHONE_BASE},
 };
 
@@ -16,12 +16,15 @@ use crate::{
 /// `NEW_PHONES_PER_RUN` plus the registration's number.
 const NEW_PHONE_BASE: u64 = 5_000_000_000;
 const NEW_PHONES_PER_RUN: u64 = 100_000_000;
+/// accept: how long a call waits for a registration to give it an offer.
+const OFFER_WAIT_MS: u32 = 1_000;
 
 /// What a call was, for the split of mixed runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Registration,
     Close,
+    Accept,
     Other,
 }
 
@@ -32,6 +35,9 @@ pub fn kind(scenario: Scenario, n: u64) -> Kind {
         Scenario::CloseDispatch => Kind::Close,
         Scenario::Mix | Scenario::Soak if n.is_multiple_of(2) => Kind::Registration,
         Scenario::Mix | Scenario::Soak => Kind::Close,
+        // Two registrations, then an accept of the first of them.
+        Scenario::Accept if n % 3 == 2 => Kind::Accept,
+        Scenario::Accept => Kind::Registration,
         Scenario::Noop | Scenario::Stats | Scenario::List => Kind::Other,
     }
 }
@@ -88,7 +94,29 @@ pub async fn call(
                 }
                 Ok(())
             }
-            Kind::Close | Kind::Other => close(&mut contacts, &fixture.mix_queue).await,
+            Kind::Close | Kind::Accept | Kind::Other => {
+                close(&mut contacts, &fixture.mix_queue).await
+            }
+        },
+        Scenario::Accept => match kind(scenario, n) {
+            Kind::Registration => {
+                let response =
+                    register(&mut contacts, fixture, fixture.accept_source, n, run).await?;
+                // Every second one is accepted; the others lapse.
+                if n.is_multiple_of(3)
+                    && let Some(contact) = response.contact
+                {
+                    let operator_id = contact
+                        .operator_id
+                        .ok_or_else(|| format!("contact {} was not offered", contact.id))?;
+                    fixture.accept_queue.push(Offer {
+                        contact_id: contact.id,
+                        operator_id,
+                    });
+                }
+                Ok(())
+            }
+            Kind::Close | Kind::Accept | Kind::Other => accept(&mut contacts, fixture).await,
         },
     }
 }
@@ -142,6 +170,33 @@ async fn close(
             "contact {id} was PENDING when closed: no slot freed, nothing dispatched"
         )),
     }
+}
+
+/// Accepts the oldest offer registered to be accepted, waiting a little for
+/// one when the registrations are behind.
+async fn accept(
+    contacts: &mut ContactServiceClient<Channel>,
+    fixture: &Fixture,
+) -> Result<(), String> {
+    let mut waited = 0;
+    let offer = loop {
+        match fixture.accept_queue.pop() {
+            Some(offer) => break offer,
+            None if waited < OFFER_WAIT_MS => {
+                waited += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            None => return Err("no offer to accept".into()),
+        }
+    };
+    answered(
+        contacts
+            .accept_contact(pb::AcceptContactRequest {
+                id: offer.contact_id,
+                operator_id: offer.operator_id,
+            })
+            .await,
+    )
 }
 
 fn answered<T>(outcome: Result<T, tonic::Status>) -> Result<(), String> {

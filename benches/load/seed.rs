@@ -14,7 +14,7 @@ use minicrm::{
 use crate::{
     args::{Args, Scenario},
     db::{ACTIVE, CLOSED, PENDING, Sql},
-    queue::CloseQueue,
+    queue::{CloseQueue, Offer, Queue},
     server::Clients,
     test_db::TestDb,
 };
@@ -42,6 +42,9 @@ const CLOSES_PER_SECOND_BOUND: f64 = 25_000.0;
 pub const MIX_SOURCES: usize = 4;
 const MIX_OPERATOR_LOAD: i32 = 5;
 const MIX_WAITING_PER_SOURCE: u64 = 1_000;
+/// accept: the offer's time, as short as API.md allows, so that the
+/// contacts left unaccepted lapse within a run.
+const ACCEPT_TIMEOUT_SECONDS: i64 = 1;
 /// The pending contacts of the mix sources are seeded in this many rounds of
 /// the four, so that the close queue meets each source in turn.
 const MIX_WAITING_BLOCKS: usize = 20;
@@ -55,6 +58,11 @@ pub struct Fixture {
     pub mix_sources: Vec<i64>,
     /// …and the contacts of those sources; registrations join at the back.
     pub mix_queue: CloseQueue,
+    /// accept: a source whose contacts must be accepted within
+    /// `ACCEPT_TIMEOUT_SECONDS`…
+    pub accept_source: i64,
+    /// …and the contacts of it registered to be accepted.
+    pub accept_queue: Queue<Offer>,
     pub deep_token: String,
     pub existing_leads: u64,
 }
@@ -117,6 +125,19 @@ pub async fn prepare(args: &Args, db: &TestDb, clients: &Clients) -> Fixture {
     let (full_source, _) = source_with_operators(clients, "bench-full", 0, |i| i).await;
     let (close_source, first_close_op) =
         source_with_operators(clients, "bench-close", CLOSE_OPERATOR_LOAD, |_| 1).await;
+    let (accept_source, _) =
+        source_with_operators(clients, "bench-accept", AMPLE_LOAD, |i| i).await;
+    SourceServiceClient::new(clients.channel(0))
+        .update_source(pb::UpdateSourceRequest {
+            id: accept_source,
+            accept_timeout: Some(prost_types::Duration {
+                seconds: ACCEPT_TIMEOUT_SECONDS,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("set the accept timeout");
     let mut mix = Vec::new();
     for k in 0..MIX_SOURCES {
         let bot_id = format!("bench-mix-{k}");
@@ -178,6 +199,8 @@ pub async fn prepare(args: &Args, db: &TestDb, clients: &Clients) -> Fixture {
         close_queue,
         mix_sources,
         mix_queue,
+        accept_source,
+        accept_queue: Queue::default(),
         deep_token: page_token_after(max_id / 2),
         existing_leads: leads,
     }
