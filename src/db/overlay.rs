@@ -78,19 +78,28 @@ impl ContactOverlay {
     }
 
     /// Reads the contacts with these ids in one query.
-    pub(super) fn read_ahead(&mut self, reader: &mut Reader<'_>, ids: &[i64]) -> QueryResult<()> {
+    /// Returns each row's source and, for an ACTIVE one, its operator: what
+    /// the units that change them will lock.
+    pub(super) fn read_ahead(
+        &mut self,
+        reader: &mut Reader<'_>,
+        ids: &[i64],
+    ) -> QueryResult<Vec<(i64, Option<i64>)>> {
         if ids.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let rows: Vec<ContactRow> = reader.load(
             contacts::table
                 .filter(contacts::id.eq_any(ids))
                 .select(contacts::all_columns),
         )?;
+        let mut holders = Vec::with_capacity(rows.len());
         for row in rows {
+            let active = row.status == ContactStatus::Active.code();
+            holders.push((row.source_id, row.operator_id.filter(|_| active)));
             self.remember(row);
         }
-        Ok(())
+        Ok(holders)
     }
 
     fn remember(&mut self, row: ContactRow) {
@@ -363,7 +372,12 @@ impl PendingQueue {
                     ))
                     .filter(contacts::source_id.eq(source_id))
                     .filter(contacts::id.gt(self.after))
-                    .order(contacts::id)
+                    // The same order as `ORDER BY id` (one source), but one
+                    // the primary key cannot give: PostgreSQL, whose
+                    // statistics still counted the many pending contacts of
+                    // a while ago, walked the primary key from the oldest
+                    // contact, filtering thousands of rows (2-4 ms a batch).
+                    .order((contacts::source_id, contacts::id))
                     .limit(QUEUE_READ)
                     .select(contacts::all_columns),
             )?;
