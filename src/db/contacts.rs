@@ -37,6 +37,7 @@ impl WriteUnit for Register {
 
     fn read_ahead(&self, ahead: &mut ReadAhead) {
         ahead.identity(&self.0.lead);
+        ahead.sources.push(self.0.source.clone());
     }
 
     /// A request id already used answers the first call's registration,

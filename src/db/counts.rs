@@ -1,6 +1,6 @@
 //! The counters behind GetOperatorStats. Changes are summed per row during the
-//! transaction and written just before it commits (on PostgreSQL the pairs'
-//! rows in one statement), and counter rows are always the last rows a
+//! transaction and written just before it commits (on PostgreSQL all of them
+//! in one statement), and counter rows are always the last rows a
 //! transaction locks.
 
 use std::collections::BTreeMap;
@@ -128,41 +128,46 @@ pub(super) fn flush(tx: &mut WriteTx<'_>) -> Result<(), Fault> {
         .into_iter()
         .filter(|(_, delta)| *delta != PairDelta::default())
         .collect();
+    let pending: Vec<(i64, i64)> = deltas
+        .pending
+        .into_iter()
+        .filter(|&(_, delta)| delta != 0)
+        .collect();
     match tx.connection() {
-        // One statement for all of them: PostgreSQL parses and plans each
-        // UPDATE diesel sends, which cost more than the writes themselves.
-        DbConnection::Postgres(pg) if pairs.len() > 1 => {
-            write_pairs(pg, &pairs)?;
+        DbConnection::Postgres(pg) if pairs.len() + pending.len() > 1 => {
+            write_all(pg, &pairs, &pending)?;
         }
-        _ => write_pairs_one_by_one(tx, pairs)?,
-    }
-    for (source_id, delta) in deltas.pending {
-        if delta == 0 {
-            continue;
-        }
-        diesel::update(pending_counts::table.find(source_id))
-            .set(pending_counts::pending.eq(pending_counts::pending + delta))
-            .execute_on(tx.connection())?;
+        _ => write_one_by_one(tx, pairs, pending)?,
     }
     Ok(())
 }
 
-/// The pairs' counters in one statement. Its rows are locked in the order
-/// the plan visits them, still after every other row (see [`super::locks`]);
+/// Every counter change in one statement: PostgreSQL parses and plans each
+/// UPDATE diesel sends, which cost more than the writes themselves. Its rows
+/// are locked in the order PostgreSQL runs the statement (the same one for
+/// every transaction), still after every other row (see [`super::locks`]);
 /// should two transactions meet on counter rows in opposite orders,
 /// PostgreSQL aborts one as a deadlock and the writer runs its batch again.
-fn write_pairs(pg: &mut PgConnection, pairs: &[((i64, i64), PairDelta)]) -> QueryResult<usize> {
+fn write_all(
+    pg: &mut PgConnection,
+    pairs: &[((i64, i64), PairDelta)],
+    pending: &[(i64, i64)],
+) -> QueryResult<usize> {
     use diesel::sql_types::{Array, BigInt};
     let column =
         |get: fn(&((i64, i64), PairDelta)) -> i64| -> Vec<i64> { pairs.iter().map(get).collect() };
     diesel::sql_query(
-        "UPDATE contact_counts SET active = contact_counts.active + v.active, \
-         closed = contact_counts.closed + v.closed, total = contact_counts.total + v.total, \
-         lapsed = contact_counts.lapsed + v.lapsed \
-         FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
-                     $6::bigint[]) AS v(operator_id, source_id, active, closed, total, lapsed) \
-         WHERE contact_counts.operator_id = v.operator_id \
-           AND contact_counts.source_id = v.source_id",
+        "WITH pairs AS (\
+           UPDATE contact_counts SET active = contact_counts.active + v.active, \
+           closed = contact_counts.closed + v.closed, total = contact_counts.total + v.total, \
+           lapsed = contact_counts.lapsed + v.lapsed \
+           FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::bigint[], $5::bigint[], \
+                       $6::bigint[]) AS v(operator_id, source_id, active, closed, total, lapsed) \
+           WHERE contact_counts.operator_id = v.operator_id \
+             AND contact_counts.source_id = v.source_id) \
+         UPDATE pending_counts SET pending = pending_counts.pending + v.delta \
+         FROM unnest($7::bigint[], $8::bigint[]) AS v(source_id, delta) \
+         WHERE pending_counts.source_id = v.source_id",
     )
     .bind::<Array<BigInt>, _>(column(|((operator_id, _), _)| *operator_id))
     .bind::<Array<BigInt>, _>(column(|((_, source_id), _)| *source_id))
@@ -170,13 +175,21 @@ fn write_pairs(pg: &mut PgConnection, pairs: &[((i64, i64), PairDelta)]) -> Quer
     .bind::<Array<BigInt>, _>(column(|(_, delta)| delta.closed))
     .bind::<Array<BigInt>, _>(column(|(_, delta)| delta.total))
     .bind::<Array<BigInt>, _>(column(|(_, delta)| delta.lapsed))
+    .bind::<Array<BigInt>, _>(pending.iter().map(|&(id, _)| id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(pending.iter().map(|&(_, delta)| delta).collect::<Vec<_>>())
     .execute(pg)
 }
 
-fn write_pairs_one_by_one(
+fn write_one_by_one(
     tx: &mut WriteTx<'_>,
     pairs: Vec<((i64, i64), PairDelta)>,
+    pending: Vec<(i64, i64)>,
 ) -> Result<(), Fault> {
+    for (source_id, delta) in pending {
+        diesel::update(pending_counts::table.find(source_id))
+            .set(pending_counts::pending.eq(pending_counts::pending + delta))
+            .execute_on(tx.connection())?;
+    }
     for ((operator_id, source_id), delta) in pairs {
         diesel::update(contact_counts::table.find((operator_id, source_id)))
             .set((

@@ -281,37 +281,98 @@ pub(super) fn release(tx: &mut WriteTx<'_>, operator_id: i64) -> Result<(), Faul
     write_change(tx.connection, operator_id, -1)
 }
 
-/// Reads the source's weight table and its operators' rows into the cache
-/// and returns the candidates. The caller holds the source's locks, so the
-/// rows cannot change under the cache until commit. Rows already cached are
-/// kept: they hold load changes not written yet.
+/// An operator row as [`super::locks::sources`] locked and read it:
+/// id, `is_active`, `max_load`, `active_load`.
+pub(super) type LockedOperator = (i64, bool, i32, i32);
+
+/// Caches operator rows just locked (FOR UPDATE, so as last committed and
+/// unchangeable by others until commit). Rows already cached are kept:
+/// they hold load changes not written yet.
+pub(super) fn locked(tx: &mut WriteTx<'_>, rows: Vec<LockedOperator>) {
+    if let Loads::Cached(cache) = &mut tx.state.loads {
+        cache.remember(rows);
+    }
+}
+
+impl LoadCache {
+    fn remember(&mut self, rows: Vec<LockedOperator>) {
+        for (id, is_active, max_load, active_load) in rows {
+            self.operators.entry(id).or_insert(OperatorLoad {
+                is_active,
+                max_load,
+                active_load,
+            });
+        }
+    }
+}
+
+/// Reads the source's weight table into the cache, with those of every
+/// other source this transaction has locked and not cached yet (one
+/// statement for all), and the rows of their operators not cached yet;
+/// returns the source's candidates. The caller holds the sources' locks
+/// (PostgreSQL; on SQLite the writer is alone), so nothing cached can change
+/// under the cache until commit.
 fn cache_source(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Vec<CandidateLoad>, Fault> {
+    let Loads::Cached(cache) = &tx.state.loads else {
+        return Err(Fault::Internal("no load cache in this mode".into()));
+    };
+    let mut wanted: Vec<i64> = tx
+        .state
+        .locked_sources
+        .iter()
+        .copied()
+        .filter(|id| !cache.tables.contains_key(id))
+        .collect();
+    if !wanted.contains(&source_id) {
+        wanted.push(source_id);
+    }
     let mut reader = tx.reader();
-    let table: Vec<(i64, i32)> = reader.load(
+    let pairs: Vec<(i64, i64, i32)> = reader.load(
         source_operators::table
-            .filter(source_operators::source_id.eq(source_id))
-            .order(source_operators::operator_id)
-            .select((source_operators::operator_id, source_operators::weight)),
+            .filter(source_operators::source_id.eq_any(&wanted))
+            .order((source_operators::source_id, source_operators::operator_id))
+            .select((
+                source_operators::source_id,
+                source_operators::operator_id,
+                source_operators::weight,
+            )),
     )?;
-    let ids: Vec<i64> = table.iter().map(|(operator_id, _)| *operator_id).collect();
-    let rows: Vec<(i64, bool, i32, i32)> =
-        reader.load(operators::table.filter(operators::id.eq_any(&ids)).select((
-            operators::id,
-            operators::is_active,
-            operators::max_load,
-            operators::active_load,
-        )))?;
+    let Loads::Cached(cache) = &tx.state.loads else {
+        return Err(Fault::Internal("no load cache in this mode".into()));
+    };
+    let mut missing: Vec<i64> = pairs
+        .iter()
+        .map(|&(_, operator_id, _)| operator_id)
+        .filter(|id| !cache.operators.contains_key(id))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    let rows: Vec<LockedOperator> = if missing.is_empty() {
+        Vec::new()
+    } else {
+        tx.reader().load(
+            operators::table
+                .filter(operators::id.eq_any(&missing))
+                .select((
+                    operators::id,
+                    operators::is_active,
+                    operators::max_load,
+                    operators::active_load,
+                )),
+        )?
+    };
     let Loads::Cached(cache) = &mut tx.state.loads else {
         return Err(Fault::Internal("no load cache in this mode".into()));
     };
-    for (id, is_active, max_load, active_load) in rows {
-        cache.operators.entry(id).or_insert(OperatorLoad {
-            is_active,
-            max_load,
-            active_load,
-        });
+    cache.remember(rows);
+    for id in wanted {
+        cache.tables.insert(id, Vec::new());
     }
-    cache.tables.insert(source_id, table);
+    for (source, operator_id, weight) in pairs {
+        if let Some(table) = cache.tables.get_mut(&source) {
+            table.push((operator_id, weight));
+        }
+    }
     Ok(cache.candidates(source_id).unwrap_or_default())
 }
 

@@ -14,10 +14,13 @@
 //! before (and is seen) or waits for this commit (and then sees what this
 //! transaction wrote, such as a new pending contact).
 
+use std::collections::HashMap;
+
 use diesel::prelude::*;
 
 use super::{
     DbConnection,
+    loads::{self, LockedOperator},
     schema::{operators, source_operators, sources},
     tx::WriteTx,
 };
@@ -58,7 +61,9 @@ pub(super) fn sources(tx: &mut WriteTx<'_>, source_ids: &[i64]) -> Result<(), Fa
             SourceSettings::from_nanos(accept_timeout, sticky_window),
         );
     }
-    operators::table
+    // The rows come with the lock too, as last committed: the load cache
+    // takes them (see [`loads::locked`]) instead of reading them again.
+    let locked: Vec<LockedOperator> = operators::table
         .filter(
             operators::id.eq_any(
                 source_operators::table
@@ -67,10 +72,62 @@ pub(super) fn sources(tx: &mut WriteTx<'_>, source_ids: &[i64]) -> Result<(), Fa
             ),
         )
         .order(operators::id)
-        .select(operators::id)
+        .select((
+            operators::id,
+            operators::is_active,
+            operators::max_load,
+            operators::active_load,
+        ))
         .for_update()
-        .load::<i64>(pg)?;
+        .load(pg)?;
     tx.state.locked_sources.extend(wanted);
+    tx.state
+        .locked_operators
+        .extend(locked.iter().map(|&(id, ..)| id));
+    loads::locked(tx, locked);
+    Ok(())
+}
+
+/// Takes, for a whole batch at once, the locks its units will take one by
+/// one: the sources of `contacts` (source id and, for an ACTIVE one, its
+/// operator), every source those operators serve, and the sources
+/// registrations draw for (`drawn_for`). One round of lock statements
+/// instead of one per unit; the units' own calls then find them held.
+/// PostgreSQL only.
+pub(super) fn ahead(
+    tx: &mut WriteTx<'_>,
+    contacts: &[(i64, Option<i64>)],
+    drawn_for: &[i64],
+) -> Result<(), Fault> {
+    if !matches!(tx.connection, DbConnection::Postgres(_)) {
+        return Ok(());
+    }
+    let mut holders: Vec<i64> = contacts.iter().filter_map(|&(_, op)| op).collect();
+    holders.sort_unstable();
+    holders.dedup();
+    let pairs: Vec<(i64, i64)> = if holders.is_empty() {
+        Vec::new()
+    } else {
+        tx.reader().load(
+            source_operators::table
+                .filter(source_operators::operator_id.eq_any(&holders))
+                .order((source_operators::operator_id, source_operators::source_id))
+                .select((source_operators::operator_id, source_operators::source_id)),
+        )?
+    };
+    let mut wanted: Vec<i64> = contacts.iter().map(|&(source_id, _)| source_id).collect();
+    wanted.extend(pairs.iter().map(|&(_, source_id)| source_id));
+    wanted.extend_from_slice(drawn_for);
+    sources(tx, &wanted)?;
+    let mut served: HashMap<i64, Vec<i64>> = HashMap::new();
+    for (operator_id, source_id) in pairs {
+        served.entry(operator_id).or_default().push(source_id);
+    }
+    // What `operator_sources` would have found and locked for each holder.
+    // One that serves no source is left to it (its own lock).
+    for (operator_id, sources) in served {
+        tx.state.served.insert(operator_id, sources);
+    }
     Ok(())
 }
 
@@ -97,13 +154,17 @@ pub(super) fn operator_sources(
     let mut wanted = served.clone();
     wanted.extend(also);
     sources(tx, &wanted)?;
-    if let DbConnection::Postgres(pg) = &mut *tx.connection {
-        // Already held when it serves a source; this covers one that serves none.
+    if let DbConnection::Postgres(pg) = &mut *tx.connection
+        && !tx.state.locked_operators.contains(&operator_id)
+    {
+        // Held already when it is in a locked source's weight table; this
+        // covers one that serves none.
         operators::table
             .find(operator_id)
             .select(operators::id)
             .for_update()
             .load::<i64>(pg)?;
+        tx.state.locked_operators.insert(operator_id);
     }
     tx.state.served.insert(operator_id, served.clone());
     Ok(served)

@@ -67,6 +67,8 @@ pub(super) struct TxState {
     /// PostgreSQL: sources whose rows and operators this transaction has
     /// locked (see [`super::locks`]).
     pub(super) locked_sources: BTreeSet<i64>,
+    /// PostgreSQL: operators this transaction holds FOR UPDATE.
+    pub(super) locked_operators: BTreeSet<i64>,
     pub(super) loads: loads::Loads,
     /// `Direct` mode: the batch's leads, read ahead, and its new ones.
     pub(super) leads: Option<leads::LeadIndex>,
@@ -237,7 +239,14 @@ impl<'t> WriteTx<'t> {
         }
         let mut index = leads::LeadIndex::read(&mut self.reader(), ahead)?;
         let mut overlay = ContactOverlay::default();
-        overlay.read_ahead(&mut self.reader(), &ahead.contact_ids)?;
+        let holders = overlay.read_ahead(&mut self.reader(), &ahead.contact_ids)?;
+        // Sources not known yet are resolved (and locked) by their units.
+        let drawn_for: Vec<i64> = ahead
+            .sources
+            .iter()
+            .filter_map(|key| self.memory.source_id(key))
+            .collect();
+        super::locks::ahead(self, &holders, &drawn_for)?;
         if inserting > 0 {
             let ids = self.take_ids(inserting)?;
             index.reserve(ids.iter().map(|row| row.lead));

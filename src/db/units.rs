@@ -69,6 +69,9 @@ pub(crate) struct ReadAhead {
     pub(super) phones: Vec<String>,
     pub(super) emails: Vec<String>,
     pub(super) contact_ids: Vec<i64>,
+    /// Sources the units will draw for (PostgreSQL locks the known ones
+    /// ahead, see [`super::locks::ahead`]).
+    pub(super) sources: Vec<crate::domain::SourceKey>,
 }
 
 pub(crate) trait WriteUnit: Send + 'static {
