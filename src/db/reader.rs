@@ -57,7 +57,6 @@ impl<'c> Reader<'c> {
         RunQueryDsl::load(query, self.connection)
     }
 
-    /// Whether the query finds a row: `SELECT EXISTS (query)`.
     /// PostgreSQL: runs the SELECT unprepared, so that it is planned for the
     /// values bound to it and the table as it is now. A prepared statement
     /// keeps a generic plan made once per connection; for a lookup by
@@ -78,6 +77,7 @@ impl<'c> Reader<'c> {
         }
     }
 
+    /// Whether the query finds a row: `SELECT EXISTS (query)`.
     pub(crate) fn exists<Q>(&mut self, query: Q) -> QueryResult<bool>
     where
         Q: SelectQuery,
