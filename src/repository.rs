@@ -21,6 +21,10 @@ use crate::{
 /// a second measured no faster (its transactions wait on the first's row
 /// locks), though the writer supports several.
 const WRITERS: usize = 1;
+/// Lapses per unit of work: enough that a round of them costs few units
+/// (each flushes its batch's buffers and fills a place in the write queue),
+/// few enough that one unit does not hold up its batch for long.
+const LAPSES_PER_UNIT: usize = 64;
 
 #[derive(Clone)]
 pub struct Repository {
@@ -221,7 +225,8 @@ impl Repository {
     }
 
     /// Lapses up to `limit` of the offers whose accept deadline has passed,
-    /// each in a unit of its own (they share the writer's batches). Returns
+    /// [`LAPSES_PER_UNIT`] to a unit of work (the units share the writer's
+    /// batches with the calls). Returns
     /// how many were due; those another replica (or an accept) got to
     /// first are left as they are.
     pub async fn lapse_due(&self, limit: i64) -> Result<usize> {
@@ -230,9 +235,12 @@ impl Repository {
             .await?;
         let count = due.len();
         let mut lapses = tokio::task::JoinSet::new();
-        for contact_id in due {
+        for chunk in due.chunks(LAPSES_PER_UNIT) {
             let writer = self.writer.clone();
-            lapses.spawn(async move { writer.run(db::routing::Lapse { contact_id }).await });
+            let unit = db::routing::Lapses {
+                contact_ids: chunk.to_vec(),
+            };
+            lapses.spawn(async move { writer.run(unit).await });
         }
         while let Some(lapsed) = lapses.join_next().await {
             if let Err(error) = lapsed? {

@@ -12,7 +12,7 @@
 //! rows than it should; the transaction then fails as a conflict and runs
 //! again in `Savepoints` mode, where nothing is buffered.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use diesel::prelude::*;
 
@@ -51,7 +51,7 @@ struct Entry {
 /// PostgreSQL another transaction may have moved the contact since it was
 /// read (a lapse, a transfer, an accept keep its status). On SQLite the
 /// batch read it in its own write transaction, so the status suffices.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Stored {
     status: i32,
     operator_id: Option<i64>,
@@ -102,6 +102,14 @@ impl ContactOverlay {
         Ok(holders)
     }
 
+    /// Takes in a contact a unit read outside the overlay (its check, under
+    /// the unit's locks), so that the unit's change of it joins the guarded
+    /// update at commit, guarded by `row` as read. A row the overlay holds
+    /// already is kept.
+    pub(super) fn adopt(&mut self, row: ContactRow) {
+        self.remember(row);
+    }
+
     fn remember(&mut self, row: ContactRow) {
         let stored = Stored::of(&row);
         self.rows.entry(row.id).or_insert(Entry {
@@ -143,7 +151,7 @@ impl ContactOverlay {
     pub(super) fn insert(&mut self, mut row: ContactRow) -> Option<ContactRow> {
         row.id = self.ids.pop_front()?;
         if row.status == ContactStatus::Pending.code() {
-            self.queue(row.source_id).new.push_back(row.id);
+            self.queue(row.source_id).new.insert(row.id);
         }
         self.inserted.push(row.id);
         self.rows.insert(
@@ -168,9 +176,16 @@ impl ContactOverlay {
             .rows
             .get_mut(&id)
             .ok_or_else(|| Fault::Internal(format!("contact {id} was changed unread")))?;
+        let was_pending = entry.row.status == ContactStatus::Pending.code();
         change(&mut entry.row);
         entry.changed = true;
-        Ok(entry.row.clone())
+        let row = entry.row.clone();
+        // Back in line (a lapse with nobody left): in the queue by its id,
+        // as a read of the stored rows would find it after the update.
+        if !was_pending && row.status == ContactStatus::Pending.code() {
+            self.queue(row.source_id).new.insert(row.id);
+        }
+        Ok(row)
     }
 
     fn queue(&mut self, source_id: i64) -> &mut PendingQueue {
@@ -263,7 +278,10 @@ impl ContactOverlay {
                         contacts::operator_id.eq(row.operator_id),
                         contacts::assigned_at.eq(row.assigned_at),
                         contacts::closed_at.eq(row.closed_at),
+                        contacts::accepted_at.eq(row.accepted_at),
                         contacts::accept_deadline.eq(row.accept_deadline),
+                        contacts::lapses.eq(row.lapses),
+                        contacts::lapsed_with.eq(row.lapsed_with.as_deref()),
                     ))
                     .execute_on(connection)?;
                 }
@@ -282,22 +300,31 @@ impl ContactOverlay {
     }
 }
 
+/// Whether `now` shows the contact as `read` did, in every field the
+/// guarded update at commit checks (see [`Stored`]).
+pub(super) fn unchanged(read: &ContactRow, now: &ContactRow) -> bool {
+    Stored::of(read) == Stored::of(now)
+}
+
 /// One UPDATE for every changed contact, each guarded by what it was read
-/// with (see [`Stored`]).
+/// with (see [`Stored`]). It writes every column a contact's routing can
+/// change, so that no change a unit makes in the overlay is left out.
 fn update_all(pg: &mut PgConnection, changed: &[(Stored, ContactRow)]) -> QueryResult<usize> {
-    use diesel::sql_types::{Array, BigInt, Integer, Nullable};
+    use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
     let column = |get: fn(&(Stored, ContactRow)) -> Option<i64>| -> Vec<Option<i64>> {
         changed.iter().map(get).collect()
     };
     diesel::sql_query(
         "UPDATE contacts SET status = v.status, operator_id = v.operator_id, \
          assigned_at = v.assigned_at, closed_at = v.closed_at, \
-         accept_deadline = v.accept_deadline \
+         accept_deadline = v.accept_deadline, accepted_at = v.accepted_at, \
+         lapses = v.lapses, lapsed_with = v.lapsed_with \
          FROM unnest($1::bigint[], $2::int[], $3::int[], $4::bigint[], $5::bigint[], \
                      $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], \
-                     $11::bigint[]) \
+                     $11::bigint[], $12::bigint[], $13::int[], $14::text[]) \
            AS v(id, was, status, operator_id, assigned_at, closed_at, accept_deadline, \
-                was_operator_id, was_assigned_at, was_accepted_at, was_accept_deadline) \
+                was_operator_id, was_assigned_at, was_accepted_at, was_accept_deadline, \
+                accepted_at, lapses, lapsed_with) \
          WHERE contacts.id = v.id AND contacts.status = v.was \
            AND contacts.operator_id IS NOT DISTINCT FROM v.was_operator_id \
            AND contacts.assigned_at IS NOT DISTINCT FROM v.was_assigned_at \
@@ -325,6 +352,19 @@ fn update_all(pg: &mut PgConnection, changed: &[(Stored, ContactRow)]) -> QueryR
     .bind::<Array<Nullable<BigInt>>, _>(column(|(was, _)| was.assigned_at))
     .bind::<Array<Nullable<BigInt>>, _>(column(|(was, _)| was.accepted_at))
     .bind::<Array<Nullable<BigInt>>, _>(column(|(was, _)| was.accept_deadline))
+    .bind::<Array<Nullable<BigInt>>, _>(column(|(_, row)| row.accepted_at))
+    .bind::<Array<Integer>, _>(
+        changed
+            .iter()
+            .map(|(_, row)| row.lapses)
+            .collect::<Vec<_>>(),
+    )
+    .bind::<Array<Nullable<Text>>, _>(
+        changed
+            .iter()
+            .map(|(_, row)| row.lapsed_with.clone())
+            .collect::<Vec<_>>(),
+    )
     .execute(pg)
 }
 
@@ -335,13 +375,14 @@ fn read_row(reader: &mut Reader<'_>, id: i64) -> QueryResult<Option<ContactRow>>
 }
 
 /// A source's pending contacts in id order: the stored ones read so far
-/// (`after` the last one read) and those the batch created.
+/// (`after` the last one read) and those the batch created or put back in
+/// line.
 #[derive(Debug, Clone)]
 pub(super) struct PendingQueue {
     stored: VecDeque<i64>,
     after: i64,
     more: bool,
-    new: VecDeque<i64>,
+    new: BTreeSet<i64>,
 }
 
 impl Default for PendingQueue {
@@ -350,7 +391,7 @@ impl Default for PendingQueue {
             stored: VecDeque::new(),
             after: 0,
             more: true,
-            new: VecDeque::new(),
+            new: BTreeSet::new(),
         }
     }
 }
@@ -388,7 +429,7 @@ impl PendingQueue {
             self.stored.extend(rows.iter().map(|row| row.id));
             read.extend(rows);
         }
-        Ok(match (self.stored.front(), self.new.front()) {
+        Ok(match (self.stored.front(), self.new.first()) {
             (Some(&stored), Some(&new)) => Some(stored.min(new)),
             (stored, new) => stored.or(new).copied(),
         })
@@ -398,8 +439,8 @@ impl PendingQueue {
     pub(super) fn pop(&mut self, id: i64) {
         if self.stored.front() == Some(&id) {
             self.stored.pop_front();
-        } else if self.new.front() == Some(&id) {
-            self.new.pop_front();
+        } else if self.new.first() == Some(&id) {
+            self.new.pop_first();
         }
     }
 }

@@ -2,13 +2,14 @@
 //! transfers"): AcceptContact, TransferContact, ReleaseOperatorContacts and
 //! the lapse of an offer whose deadline passed.
 //!
-//! These units change contacts with statements of their own rather than
-//! through the batch's buffers (`USES_BUFFERS` is false: the writer writes
-//! the buffers before each of them). Every change of a contact read earlier
-//! is made under the locks of [`locks`] and only after the row is found
-//! still as read ([`still_as_read`], FOR UPDATE on PostgreSQL), so a lapse
-//! racing an accept, a transfer or a close on another replica has exactly
-//! one winner.
+//! AcceptContact changes nothing but its contact and goes through the
+//! batch's buffers like a close. The others read their contacts themselves
+//! (`USES_BUFFERS` is false: the writer writes the buffers before each of
+//! them), take the locks of [`locks`], and change a contact only after
+//! finding its row still as read ([`still_as_read`], FOR UPDATE on
+//! PostgreSQL); in `Direct` mode the change itself joins the batch's guarded
+//! update at commit. So a lapse racing an accept, a transfer or a close on
+//! another replica has exactly one winner.
 
 use diesel::prelude::*;
 
@@ -17,12 +18,12 @@ use super::{
     guard::unchanged,
     loads, locks,
     models::ContactRow,
-    operators,
+    operators, overlay,
     run::RunOn,
     schema::{contacts, operators as operator_rows},
     sources,
     tx::WriteTx,
-    units::{CheckContext, Checked, OnUniqueViolation, WriteUnit},
+    units::{CheckContext, Checked, OnUniqueViolation, ReadAhead, WriteUnit},
 };
 use crate::{
     Error, Result,
@@ -39,6 +40,24 @@ fn still_as_read(tx: &mut WriteTx<'_>, row: &ContactRow) -> Result<bool, Fault> 
         DbConnection::Sqlite(_) => tx.reader().load(query)?,
     };
     Ok(!found.is_empty())
+}
+
+/// [`still_as_read`] for many contacts in one statement: their rows as they
+/// are now, locked until commit on PostgreSQL (in id order, after the
+/// sources' locks: the global order).
+fn rows_for_update(
+    tx: &mut WriteTx<'_>,
+    ids: &[i64],
+) -> Result<std::collections::HashMap<i64, ContactRow>, Fault> {
+    let query = contacts::table
+        .filter(contacts::id.eq_any(ids))
+        .order(contacts::id)
+        .select(contacts::all_columns);
+    let rows: Vec<ContactRow> = match &mut *tx.connection {
+        DbConnection::Postgres(pg) => query.for_update().load(pg)?,
+        DbConnection::Sqlite(_) => tx.reader().load(query)?,
+    };
+    Ok(rows.into_iter().map(|row| (row.id, row)).collect())
 }
 
 fn not_found(id: i64) -> Error {
@@ -60,18 +79,26 @@ fn must_be_active(row: &ContactRow) -> Result<()> {
     )))
 }
 
-/// Writes the contact's routing fields as `row` has them; the caller found
-/// it [`still_as_read`].
-fn write(tx: &mut WriteTx<'_>, row: &ContactRow) -> Result<(), Fault> {
-    diesel::update(contacts::table.find(row.id))
+/// Writes the contact's routing fields as `moved` has them; `read` is the
+/// row as the caller read it and found [`still_as_read`]. In `Direct` mode
+/// the change joins the batch's one guarded update at commit (see
+/// [`ContactOverlay`](super::overlay::ContactOverlay)), saving a statement
+/// (and its parse and plan on PostgreSQL) per contact.
+fn write(tx: &mut WriteTx<'_>, read: &ContactRow, moved: &ContactRow) -> Result<(), Fault> {
+    if let Some(overlay) = &mut tx.state.contacts {
+        overlay.adopt(read.clone());
+        overlay.update(moved.id, |row| *row = moved.clone())?;
+        return Ok(());
+    }
+    diesel::update(contacts::table.find(moved.id))
         .set((
-            contacts::status.eq(row.status),
-            contacts::operator_id.eq(row.operator_id),
-            contacts::assigned_at.eq(row.assigned_at),
-            contacts::accepted_at.eq(row.accepted_at),
-            contacts::accept_deadline.eq(row.accept_deadline),
-            contacts::lapses.eq(row.lapses),
-            contacts::lapsed_with.eq(row.lapsed_with.as_deref()),
+            contacts::status.eq(moved.status),
+            contacts::operator_id.eq(moved.operator_id),
+            contacts::assigned_at.eq(moved.assigned_at),
+            contacts::accepted_at.eq(moved.accepted_at),
+            contacts::accept_deadline.eq(moved.accept_deadline),
+            contacts::lapses.eq(moved.lapses),
+            contacts::lapsed_with.eq(moved.lapsed_with.as_deref()),
         ))
         .execute_on(tx.connection())?;
     Ok(())
@@ -129,7 +156,7 @@ fn take_and_redraw(
             moved.assigned_at = Some(now);
             moved.accept_deadline = settings.deadline(now);
             moved.set_lapsed_with(&lapsed_with);
-            write(tx, &moved)?;
+            write(tx, row, &moved)?;
             counts::assigned(tx, claim.operator_id, source_id);
             let assignment = Some(claim.assignment());
             events::record(
@@ -146,7 +173,7 @@ fn take_and_redraw(
             moved.assigned_at = None;
             moved.accept_deadline = None;
             moved.set_lapsed_with(&[]);
-            write(tx, &moved)?;
+            write(tx, row, &moved)?;
             counts::pending(tx, source_id, 1);
             events::record(tx, ContactEventType::Unassigned, &moved, Some(from), None);
         }
@@ -163,6 +190,17 @@ pub(crate) struct Accept {
 impl WriteUnit for Accept {
     type Output = Contact;
     type Plan = ContactRow;
+
+    /// It changes nothing but the contact: in `Direct` mode the change joins
+    /// the batch's guarded update at commit (see [`ContactOverlay`]), so an
+    /// accept costs its batch no flush and no statement of its own.
+    ///
+    /// [`ContactOverlay`]: super::overlay::ContactOverlay
+    const USES_BUFFERS: bool = true;
+
+    fn read_ahead(&self, ahead: &mut ReadAhead) {
+        ahead.contact_ids.push(self.id);
+    }
 
     fn check(&self, context: &mut CheckContext<'_, '_>) -> Result<Checked<ContactRow, Contact>> {
         let Self { id, operator_id } = *self;
@@ -183,20 +221,31 @@ impl WriteUnit for Accept {
 
     fn apply(&self, tx: &mut WriteTx<'_>, row: ContactRow) -> Result<Contact, Fault> {
         let now = Timestamp::now().as_micros();
+        let accept = |row: &mut ContactRow| {
+            row.accepted_at = Some(now);
+            row.accept_deadline = None;
+        };
         // A lapse or a transfer that got there first changed the row: the
-        // check runs again and answers FAILED_PRECONDITION.
-        let written = diesel::update(unchanged!(&row))
-            .set((
-                contacts::accepted_at.eq(Some(now)),
-                contacts::accept_deadline.eq(None::<i64>),
-            ))
-            .execute_on(tx.connection())?;
-        if written == 0 {
-            return Err(Fault::Conflict(format!("contact {} changed", row.id)));
-        }
-        let mut accepted = row;
-        accepted.accepted_at = Some(now);
-        accepted.accept_deadline = None;
+        // guarded update matches nothing (now, or the overlay's at commit),
+        // the transaction runs again and the check answers
+        // FAILED_PRECONDITION.
+        let accepted = match &mut tx.state.contacts {
+            Some(overlay) => overlay.update(row.id, accept)?,
+            None => {
+                let written = diesel::update(unchanged!(&row))
+                    .set((
+                        contacts::accepted_at.eq(Some(now)),
+                        contacts::accept_deadline.eq(None::<i64>),
+                    ))
+                    .execute_on(tx.connection())?;
+                if written == 0 {
+                    return Err(Fault::Conflict(format!("contact {} changed", row.id)));
+                }
+                let mut accepted = row;
+                accept(&mut accepted);
+                accepted
+            }
+        };
         events::record(tx, ContactEventType::Accepted, &accepted, None, None);
         Ok(accepted.into())
     }
@@ -299,12 +348,12 @@ impl WriteUnit for Transfer {
         counts::taken_away(tx, from, source_id);
         counts::assigned(tx, to, source_id);
         let now = Timestamp::now().as_micros();
-        let mut moved = row;
+        let mut moved = row.clone();
         moved.operator_id = Some(to);
         moved.assigned_at = Some(now);
         moved.accepted_at = None;
         moved.accept_deadline = sources::settings(tx, source_id)?.deadline(now);
-        write(tx, &moved)?;
+        write(tx, &row, &moved)?;
         events::record(
             tx,
             ContactEventType::Assigned,
@@ -381,40 +430,64 @@ impl WriteUnit for Release {
     }
 }
 
-/// The lapse of one offer: the contact's accept deadline passed without an
-/// accept. Answers whether it lapsed; `false` when it changed meanwhile (an
-/// accept, a transfer, a close or another replica's lapse got there first).
-pub(crate) struct Lapse {
-    pub(crate) contact_id: i64,
+/// The lapse of offers whose accept deadline passed without an accept, a
+/// round's worth in one unit: one flush of the batch's buffers and one set
+/// of locks for all of them, where a unit per offer paid both each time
+/// (and split the registrations of its batch into many small inserts).
+/// Answers how many lapsed; a contact that changed meanwhile (an accept, a
+/// transfer, a close or another replica's lapse got there first) is left
+/// as it is.
+pub(crate) struct Lapses {
+    pub(crate) contact_ids: Vec<i64>,
 }
 
-impl WriteUnit for Lapse {
-    type Output = bool;
-    type Plan = ContactRow;
+impl WriteUnit for Lapses {
+    type Output = usize;
+    /// The contacts still due, as the check read them.
+    type Plan = Vec<ContactRow>;
 
-    fn check(&self, context: &mut CheckContext<'_, '_>) -> Result<Checked<ContactRow, bool>> {
+    fn check(&self, context: &mut CheckContext<'_, '_>) -> Result<Checked<Vec<ContactRow>, usize>> {
         let now = Timestamp::now().as_micros();
-        let due = context
-            .contact(self.contact_id)?
-            .filter(|row| row.status == ContactStatus::Active.code())
-            .filter(|row| row.accept_deadline.is_some_and(|deadline| deadline <= now));
-        Ok(match due {
-            Some(row) => Checked::Apply(row),
-            None => Checked::Answered(false),
+        let due: Vec<ContactRow> = context.reader.load(
+            contacts::table
+                .filter(contacts::id.eq_any(&self.contact_ids))
+                .filter(contacts::status.eq(ContactStatus::Active.code()))
+                .filter(contacts::accept_deadline.le(now))
+                .order(contacts::id)
+                .select(contacts::all_columns),
+        )?;
+        Ok(if due.is_empty() {
+            Checked::Answered(0)
+        } else {
+            Checked::Apply(due)
         })
     }
 
-    fn apply(&self, tx: &mut WriteTx<'_>, row: ContactRow) -> Result<bool, Fault> {
-        let Some(from) = row.operator_id else {
-            return Ok(false);
-        };
-        let served = locks::operator_sources(tx, from, Some(row.source_id))?;
-        if !still_as_read(tx, &row)? {
-            return Ok(false);
+    fn apply(&self, tx: &mut WriteTx<'_>, due: Vec<ContactRow>) -> Result<usize, Fault> {
+        // The locks first, for all of them (mostly the same few sources),
+        // then the contacts: the global lock order.
+        let mut lapsing = Vec::with_capacity(due.len());
+        for row in due {
+            if let Some(from) = row.operator_id {
+                let served = locks::operator_sources(tx, from, Some(row.source_id))?;
+                lapsing.push((row, served));
+            }
         }
-        take_and_redraw(tx, &row, Taken::Lapse)?;
-        dispatch::pending(tx, &served)?;
-        Ok(true)
+        let ids: Vec<i64> = lapsing.iter().map(|(row, _)| row.id).collect();
+        let now = rows_for_update(tx, &ids)?;
+        let mut lapsed = 0;
+        for (row, served) in lapsing {
+            let still = now
+                .get(&row.id)
+                .is_some_and(|now| overlay::unchanged(&row, now));
+            if !still {
+                continue;
+            }
+            take_and_redraw(tx, &row, Taken::Lapse)?;
+            dispatch::pending(tx, &served)?;
+            lapsed += 1;
+        }
+        Ok(lapsed)
     }
 }
 
