@@ -139,9 +139,21 @@ async fn no_personal_data_in_logs(db: TestDb) {
     // one person meet at the unique indexes (PostgreSQL): errors whose
     // DETAIL names the values, retried and logged at debug.
     let envs = [("RUST_LOG", "trace")];
+    // On SQLite the two processes take turns at the write lock, each waiting
+    // up to `--db-timeout`; tracing every statement under a loaded CI machine
+    // once made a wait pass the default 2 s (UNAVAILABLE). This test is
+    // about what the logs hold, so the waits get room.
     let servers = [
-        Server::start(&db.url(), &["--log-format", "text"], &envs),
-        Server::start(&db.url(), &["--log-format", "json"], &envs),
+        Server::start(
+            &db.url(),
+            &["--log-format", "text", "--db-timeout", "10s"],
+            &envs,
+        ),
+        Server::start(
+            &db.url(),
+            &["--log-format", "json", "--db-timeout", "10s"],
+            &envs,
+        ),
     ];
     let (mut operators, mut sources, _) = servers[0].clients().await;
     let operator = operators
