@@ -1,9 +1,7 @@
 use diesel::prelude::*;
 
 use super::{
-    counts, dispatch, events,
-    guard::unchanged,
-    leads, loads, locks,
+    counts, dispatch, events, leads, loads, locks,
     models::{ContactRow, NewContactRow},
     operators,
     reader::{Reader, keyset_page},
@@ -306,27 +304,7 @@ impl WriteUnit for Close {
             row.closed_at = Some(now);
             row.accept_deadline = None;
         };
-        let closed = match &mut tx.state.contacts {
-            Some(overlay) => overlay.update(row.id, close)?,
-            None => {
-                // Guarded by what the check read: if a concurrent
-                // transaction changed the contact meanwhile, this matches
-                // nothing, and the transaction runs again.
-                let written = diesel::update(unchanged!(&row))
-                    .set((
-                        contacts::status.eq(ContactStatus::Closed.code()),
-                        contacts::closed_at.eq(Some(now)),
-                        contacts::accept_deadline.eq(None::<i64>),
-                    ))
-                    .execute_on(tx.connection())?;
-                if written == 0 {
-                    return Err(Fault::Conflict(format!("contact {} changed", row.id)));
-                }
-                let mut closed = row.clone();
-                close(&mut closed);
-                closed
-            }
-        };
+        let closed = tx.change_contact(&row, close)?;
         events::record(tx, ContactEventType::Closed, &closed, None, None);
         match active_with {
             Some(operator_id) => {

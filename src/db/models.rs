@@ -110,6 +110,20 @@ pub struct ContactRow {
     pub lapsed_with: Option<String>,
 }
 
+/// See [`ContactRow::lifecycle`]. `None` writes NULL.
+#[derive(Debug, AsChangeset)]
+#[diesel(table_name = contacts, treat_none_as_null = true)]
+pub struct ContactLifecycle<'a> {
+    pub status: i32,
+    pub operator_id: Option<i64>,
+    pub assigned_at: Option<i64>,
+    pub closed_at: Option<i64>,
+    pub accepted_at: Option<i64>,
+    pub accept_deadline: Option<i64>,
+    pub lapses: i32,
+    pub lapsed_with: Option<&'a str>,
+}
+
 impl ContactRow {
     /// The operators the contact lapsed with since it was last PENDING.
     pub fn lapsed_with(&self) -> Vec<i64> {
@@ -119,6 +133,38 @@ impl ContactRow {
             .split(',')
             .filter_map(|id| id.trim().parse().ok())
             .collect()
+    }
+
+    /// Every column a contact's lifecycle changes after its insert, as this
+    /// row has them: one changeset for every statement that writes a
+    /// contact's new state, so none of them can leave a column out.
+    pub(super) fn lifecycle(&self) -> ContactLifecycle<'_> {
+        let Self {
+            id: _,
+            lead_id: _,
+            source_id: _,
+            operator_id,
+            status,
+            created_at: _,
+            assigned_at,
+            closed_at,
+            request_id: _,
+            lead_created: _,
+            accepted_at,
+            accept_deadline,
+            lapses,
+            lapsed_with,
+        } = self;
+        ContactLifecycle {
+            status: *status,
+            operator_id: *operator_id,
+            assigned_at: *assigned_at,
+            closed_at: *closed_at,
+            accepted_at: *accepted_at,
+            accept_deadline: *accept_deadline,
+            lapses: *lapses,
+            lapsed_with: lapsed_with.as_deref(),
+        }
     }
 
     pub fn set_lapsed_with(&mut self, operators: &[i64]) {

@@ -273,16 +273,7 @@ impl ContactOverlay {
                             .find(row.id)
                             .filter(contacts::status.eq(was.status)),
                     )
-                    .set((
-                        contacts::status.eq(row.status),
-                        contacts::operator_id.eq(row.operator_id),
-                        contacts::assigned_at.eq(row.assigned_at),
-                        contacts::closed_at.eq(row.closed_at),
-                        contacts::accepted_at.eq(row.accepted_at),
-                        contacts::accept_deadline.eq(row.accept_deadline),
-                        contacts::lapses.eq(row.lapses),
-                        contacts::lapsed_with.eq(row.lapsed_with.as_deref()),
-                    ))
+                    .set(row.lifecycle())
                     .execute_on(connection)?;
                 }
                 written
@@ -307,8 +298,9 @@ pub(super) fn unchanged(read: &ContactRow, now: &ContactRow) -> bool {
 }
 
 /// One UPDATE for every changed contact, each guarded by what it was read
-/// with (see [`Stored`]). It writes every column a contact's routing can
-/// change, so that no change a unit makes in the overlay is left out.
+/// with (see [`Stored`]). It writes the columns of
+/// [`ContactRow::lifecycle`], so that no change a unit makes in the overlay
+/// is left out.
 fn update_all(pg: &mut PgConnection, changed: &[(Stored, ContactRow)]) -> QueryResult<usize> {
     use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
     let column = |get: fn(&(Stored, ContactRow)) -> Option<i64>| -> Vec<Option<i64>> {

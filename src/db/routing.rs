@@ -91,15 +91,7 @@ fn write(tx: &mut WriteTx<'_>, read: &ContactRow, moved: &ContactRow) -> Result<
         return Ok(());
     }
     diesel::update(contacts::table.find(moved.id))
-        .set((
-            contacts::status.eq(moved.status),
-            contacts::operator_id.eq(moved.operator_id),
-            contacts::assigned_at.eq(moved.assigned_at),
-            contacts::accepted_at.eq(moved.accepted_at),
-            contacts::accept_deadline.eq(moved.accept_deadline),
-            contacts::lapses.eq(moved.lapses),
-            contacts::lapsed_with.eq(moved.lapsed_with.as_deref()),
-        ))
+        .set(moved.lifecycle())
         .execute_on(tx.connection())?;
     Ok(())
 }
@@ -226,26 +218,8 @@ impl WriteUnit for Accept {
             row.accept_deadline = None;
         };
         // A lapse or a transfer that got there first changed the row: the
-        // guarded update matches nothing (now, or the overlay's at commit),
-        // the transaction runs again and the check answers
-        // FAILED_PRECONDITION.
-        let accepted = match &mut tx.state.contacts {
-            Some(overlay) => overlay.update(row.id, accept)?,
-            None => {
-                let written = diesel::update(unchanged!(&row))
-                    .set((
-                        contacts::accepted_at.eq(Some(now)),
-                        contacts::accept_deadline.eq(None::<i64>),
-                    ))
-                    .execute_on(tx.connection())?;
-                if written == 0 {
-                    return Err(Fault::Conflict(format!("contact {} changed", row.id)));
-                }
-                let mut accepted = row;
-                accept(&mut accepted);
-                accepted
-            }
-        };
+        // transaction runs again and the check answers FAILED_PRECONDITION.
+        let accepted = tx.change_contact(&row, accept)?;
         events::record(tx, ContactEventType::Accepted, &accepted, None, None);
         Ok(accepted.into())
     }

@@ -206,6 +206,32 @@ impl<'t> WriteTx<'t> {
         }
     }
 
+    /// Changes a contact the unit's check read as `read` (a buffered unit:
+    /// through [`Self::contact`]), and returns it as it is now. In `Direct`
+    /// mode in the overlay, written by its guarded update at commit;
+    /// otherwise at once, guarded the same way. Either way, a concurrent
+    /// transaction that changed the contact meanwhile makes the guard match
+    /// nothing: a conflict, and the transaction runs again.
+    pub(super) fn change_contact(
+        &mut self,
+        read: &schema_row::ContactRow,
+        change: impl FnOnce(&mut schema_row::ContactRow),
+    ) -> Result<schema_row::ContactRow, Fault> {
+        use diesel::prelude::*;
+        if let Some(overlay) = &mut self.state.contacts {
+            return overlay.update(read.id, change);
+        }
+        let mut changed = read.clone();
+        change(&mut changed);
+        let written = diesel::update(super::guard::unchanged!(read))
+            .set(changed.lifecycle())
+            .execute_on(self.connection)?;
+        if written == 0 {
+            return Err(Fault::Conflict(format!("contact {} changed", read.id)));
+        }
+        Ok(changed)
+    }
+
     /// Runs one unit of work. In `Savepoints` mode it runs in a savepoint and
     /// a failure undoes its writes and its changes to this transaction's
     /// state; in `Direct` mode a failure fails the transaction.
