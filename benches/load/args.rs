@@ -7,7 +7,7 @@ use clap::{Parser, ValueEnum};
 /// HTTP/2 connections and prints one table. Then checks the invariant in the
 /// database itself.
 #[derive(Parser, Debug)]
-#[command(name = "load", about, long_about = None)]
+#[command(name = "load", long_about = None)]
 pub struct Args {
     /// Calls in flight; each scenario runs once per level.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64", value_parser = at_least_one)]
