@@ -17,7 +17,7 @@ use minicrm::{config::Settings, proto as pb};
 
 use crate::{
     helpers::TestServer,
-    security::ServerProcess,
+    security::{ApiProcess, ServerProcess},
     tls::{TestCa, write},
 };
 
@@ -339,7 +339,7 @@ async fn postgres_over_tls_with_sslmode_require_and_verify_full() {
     );
     process.wait_until_serving();
     process.signal("TERM");
-    let status = process.wait_exit(Duration::from_secs(15));
+    let status = process.exited_within(Duration::from_secs(15));
     assert!(
         status.success(),
         "minicrm exited with {status} after SIGTERM; the log:\n{}",

@@ -3,14 +3,7 @@
 //! binary, and the safe default that refuses a non-loopback address without
 //! tokens.
 
-use std::{
-    collections::BTreeSet,
-    io::{BufRead, BufReader},
-    path::Path,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, Mutex, mpsc},
-    time::{Duration, Instant},
-};
+use std::{collections::BTreeSet, path::Path, process::ExitStatus, time::Duration};
 
 use minicrm::{
     config::Settings,
@@ -494,72 +487,38 @@ async fn a_bad_tokens_file_stops_the_start() {
     assert!(error.contains("missing"), "{error}");
 }
 
-/// The real `minicrm` binary as a child process, its log (stderr) read line
-/// by line. Killed when dropped.
-pub struct ServerProcess {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    log: Arc<Mutex<Vec<String>>>,
-}
+pub use crate::child::ServerProcess;
 
-impl ServerProcess {
-    pub fn start(args: &[&str], dir: &Path) -> Self {
+/// How these tests run the real binary (the shared [`ServerProcess`]): in a
+/// directory of the test's, logging at debug, without colours.
+pub trait ApiProcess: Sized {
+    fn start(args: &[&str], dir: &Path) -> Self {
         Self::start_with_env(args, dir, &[])
     }
 
-    /// The binary with `args` in `dir`, with none of the caller's minicrm
-    /// settings in its environment but `env`.
-    pub fn start_with_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_minicrm"));
-        for (name, _) in std::env::vars() {
-            if name.starts_with("MINICRM_") || name == "DATABASE_URL" {
-                command.env_remove(name);
-            }
-        }
-        let mut child = command
+    /// With none of the caller's minicrm settings in its environment but `env`.
+    fn start_with_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Self;
+
+    /// The address from the "serving" line.
+    fn wait_until_serving(&self) -> std::net::SocketAddr;
+
+    /// Its exit status, which must come within `timeout`.
+    fn exited_within(&mut self, timeout: Duration) -> ExitStatus;
+}
+
+impl ApiProcess for ServerProcess {
+    fn start_with_env(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Self {
+        let mut command = crate::child::command();
+        command
             .args(args)
             .current_dir(dir)
             .env("RUST_LOG", "debug")
             .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start minicrm");
-        let stderr = child.stderr.take().unwrap();
-        let (sender, lines) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let kept = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                let line = strip_ansi(&line);
-                kept.lock().unwrap().push(line.clone());
-                let _ = sender.send(line);
-            }
-        });
-        Self { child, lines, log }
+            .envs(env.iter().copied());
+        ServerProcess::spawn(command, crate::child::Colours::Strip)
     }
 
-    /// The next log line containing `needle`, waiting at most `timeout`.
-    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
-                Err(_) => panic!(
-                    "no log line with {needle:?} within {timeout:?}; the log:\n{}",
-                    self.log()
-                ),
-            }
-        }
-    }
-
-    /// The address from the "serving" line.
-    pub fn wait_until_serving(&self) -> std::net::SocketAddr {
+    fn wait_until_serving(&self) -> std::net::SocketAddr {
         let line = self.wait_for("minicrm serving gRPC", Duration::from_secs(60));
         let address = line
             .split_whitespace()
@@ -570,59 +529,14 @@ impl ServerProcess {
         std::net::SocketAddr::from(([127, 0, 0, 1], address.port()))
     }
 
-    pub fn signal(&self, name: &str) {
-        // The shell's own `kill`, so that no procps is needed.
-        let status = Command::new("sh")
-            .arg("-c")
-            .arg(format!("kill -{name} {}", self.child.id()))
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name}");
-    }
-
-    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
+    fn exited_within(&mut self, timeout: Duration) -> ExitStatus {
+        self.wait_exit(timeout).unwrap_or_else(|| {
+            panic!(
                 "minicrm did not exit within {timeout:?}; the log:\n{}",
                 self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     }
-
-    pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-}
-
-impl Drop for ServerProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // CSI: ESC [ parameters final-byte
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// SIGHUP to the real binary: a file that parses replaces the tokens, one
@@ -709,10 +623,10 @@ async fn sighup_reloads_the_tokens_file_and_keeps_the_old_one_when_it_does_not_p
     );
 
     // SIGHUP did not stop it; SIGTERM does, cleanly.
-    assert!(server.child.try_wait().unwrap().is_none(), "still serving");
+    assert!(server.try_wait().is_none(), "still serving");
     drop(channel);
     server.signal("TERM");
-    let status = server.wait_exit(Duration::from_secs(15));
+    let status = server.exited_within(Duration::from_secs(15));
     assert!(status.success(), "{status:?}");
 
     let log = server.log();
@@ -740,7 +654,7 @@ async fn no_tokens_on_a_non_loopback_address_is_refused_unless_allowed() {
         &["--listen", "0.0.0.0:0", "--database-url", &database],
         dir.path(),
     );
-    let status = refused.wait_exit(Duration::from_secs(30));
+    let status = refused.exited_within(Duration::from_secs(30));
     assert!(!status.success(), "{status:?}");
     let log = refused.log();
     assert!(log.contains("refusing to serve 0.0.0.0:0"), "{log}");
@@ -771,7 +685,7 @@ async fn no_tokens_on_a_non_loopback_address_is_refused_unless_allowed() {
     );
     drop(channel);
     allowed.signal("TERM");
-    assert!(allowed.wait_exit(Duration::from_secs(15)).success());
+    assert!(allowed.exited_within(Duration::from_secs(15)).success());
 
     // With tokens it serves the address, and calls need a token.
     let tokens = tokens_file(dir.path());
@@ -795,5 +709,5 @@ async fn no_tokens_on_a_non_loopback_address_is_refused_unless_allowed() {
     );
     drop(channel);
     with_tokens.signal("TERM");
-    assert!(with_tokens.wait_exit(Duration::from_secs(15)).success());
+    assert!(with_tokens.exited_within(Duration::from_secs(15)).success());
 }

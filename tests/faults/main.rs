@@ -7,6 +7,10 @@
 #[allow(dead_code)]
 #[path = "../api/helpers.rs"]
 mod helpers;
+// Each suite uses its part of it.
+#[allow(dead_code)]
+#[path = "../support/child.rs"]
+mod child;
 #[path = "../support/test_db.rs"]
 mod test_db;
 

@@ -1,18 +1,12 @@
 //! `minicrm health [--addr ADDR]`: exit 0 when the server answers SERVING.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::{
-    server::{BINARY, Server},
-    test_db::TestDb,
-};
+use crate::{child, server::Server, test_db::TestDb};
 
 fn health(args: &[&str], envs: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(&*BINARY);
-    command
-        .arg("health")
-        .args(args)
-        .env_remove("MINICRM_LISTEN");
+    let mut command = child::command();
+    command.arg("health").args(args);
     for (name, value) in envs {
         command.env(name, value);
     }

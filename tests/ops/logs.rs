@@ -77,11 +77,10 @@ async fn json_logs_are_one_object_per_line() {
 #[test]
 fn a_server_that_cannot_start_says_why_in_json() {
     let db = TestDb::sqlite();
-    let output = std::process::Command::new(&*crate::server::BINARY)
+    let output = crate::child::command()
         .args(["--listen", "127.0.0.1:0", "--database-url", &db.url()])
         .args(["--metrics-listen", "no-such-host.invalid:9090"])
         .args(["--log-format", "json"])
-        .env_remove("MINICRM_METRICS_LISTEN")
         .output()
         .expect("run minicrm");
     assert_eq!(output.status.code(), Some(1), "{output:?}");

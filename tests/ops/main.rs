@@ -3,6 +3,10 @@
 //! colour codes in files, no personal data at any level) and `minicrm health`.
 //! On SQLite, and on PostgreSQL with `MINICRM_TEST_POSTGRES_URL`.
 
+// Each suite uses its part of it.
+#[allow(dead_code)]
+#[path = "../support/child.rs"]
+mod child;
 #[path = "../support/test_db.rs"]
 mod test_db;
 

@@ -1,13 +1,12 @@
-//! The real `minicrm` binary as a child process, as it runs in production:
-//! its flags, its stderr and its metrics endpoint, seen from outside.
+//! The real `minicrm` binary as a child process (the shared
+//! [`ServerProcess`]), as it runs in production: its flags, its stderr and
+//! its metrics endpoint, seen from outside.
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
-    path::PathBuf,
-    process::{Child, Command, ExitStatus, Stdio},
-    sync::{Arc, LazyLock, Mutex},
+    process::ExitStatus,
     time::{Duration, Instant},
 };
 
@@ -17,74 +16,35 @@ use minicrm::proto::{
 };
 use tonic::transport::Channel;
 
-/// A copy of the binary cargo built for these tests, taken once: a build in
-/// another work tree sharing the target directory may replace the original
-/// while the tests run.
-pub static BINARY: LazyLock<PathBuf> = LazyLock::new(|| {
-    let directory = std::env::temp_dir().join(format!("minicrm-ops-tests-{}", std::process::id()));
-    std::fs::create_dir_all(&directory).expect("temp dir");
-    let copy = directory.join("minicrm");
-    std::fs::copy(env!("CARGO_BIN_EXE_minicrm"), &copy).expect("copy the binary");
-    let help = Command::new(&copy)
-        .arg("--help")
-        .output()
-        .expect("minicrm --help");
-    assert!(
-        String::from_utf8_lossy(&help.stdout).contains("--metrics-listen"),
-        "{} is not this tree's build: another work tree sharing CARGO_TARGET_DIR \
-         replaced it after cargo built it; run the tests again",
-        env!("CARGO_BIN_EXE_minicrm")
-    );
-    copy
-});
+use crate::child::{self, Colours, ServerProcess};
 
 pub struct Server {
-    child: Child,
+    process: ServerProcess,
     pub grpc: String,
     pub metrics: Option<String>,
-    lines: Arc<Mutex<Vec<String>>>,
-    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Server {
     /// Starts `minicrm` on `database_url` with `args` and `envs`, on port 0;
     /// `--log-format json` is always given (so the addresses can be read
-    /// from the log) unless `args` names a format.
+    /// from the log) unless `args` names a format. The log is kept as
+    /// written, colour codes included.
     pub fn start(database_url: &str, args: &[&str], envs: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(&*BINARY);
+        let mut command = child::command();
         command
             .args(["--listen", "127.0.0.1:0", "--database-url", database_url])
             .args(args)
-            .env_remove("MINICRM_METRICS_LISTEN")
-            .env_remove("MINICRM_LOG_FORMAT")
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("RUST_LOG", "info");
         if !args.contains(&"--log-format") {
             command.args(["--log-format", "json"]);
         }
         for (name, value) in envs {
             command.env(name, value);
         }
-        let mut child = command.spawn().expect("start minicrm");
-        let stderr = child.stderr.take().expect("stderr");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let reader = {
-            let lines = Arc::clone(&lines);
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    lines.lock().unwrap().push(line);
-                }
-            })
-        };
         let mut server = Self {
-            child,
+            process: ServerProcess::spawn(command, Colours::Keep),
             grpc: String::new(),
             metrics: None,
-            lines,
-            reader: Some(reader),
         };
         let wants_metrics = args.contains(&"--metrics-listen")
             || envs
@@ -103,7 +63,7 @@ impl Server {
             if !server.grpc.is_empty() && (server.metrics.is_some() || !wants_metrics) {
                 return server;
             }
-            if let Ok(Some(status)) = server.child.try_wait() {
+            if let Some(status) = server.process.try_wait() {
                 panic!("minicrm exited with {status}: {:#?}", server.lines());
             }
             assert!(
@@ -117,7 +77,7 @@ impl Server {
 
     /// Every line the server wrote to stderr so far.
     pub fn lines(&self) -> Vec<String> {
-        self.lines.lock().unwrap().clone()
+        self.process.lines()
     }
 
     pub async fn channel(&self) -> Channel {
@@ -159,35 +119,13 @@ impl Server {
 
     /// SIGTERM, then waits for the exit (and every line of the log).
     pub fn stop(mut self) -> (ExitStatus, Vec<String>) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let status = self.wait(Duration::from_secs(20));
-        if let Some(reader) = self.reader.take() {
-            let _ = reader.join();
-        }
+        self.process.signal("TERM");
+        let Some(status) = self.process.wait_exit(Duration::from_secs(20)) else {
+            self.process.kill();
+            panic!("minicrm did not stop on SIGTERM");
+        };
+        self.process.read_to_end();
         (status, self.lines())
-    }
-
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("minicrm did not stop on SIGTERM");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
