@@ -97,6 +97,18 @@ impl LoadCache {
         }
     }
 
+    /// Caches operator rows read under the transaction's locks. Rows
+    /// already cached are kept: they hold load changes not written yet.
+    fn remember(&mut self, rows: Vec<LockedOperator>) {
+        for (id, is_active, max_load, active_load) in rows {
+            self.operators.entry(id).or_insert(OperatorLoad {
+                is_active,
+                max_load,
+                active_load,
+            });
+        }
+    }
+
     /// `false` when the operator is not cached: the caller writes it.
     fn release(&mut self, operator_id: i64) -> bool {
         match self.operators.get_mut(&operator_id) {
@@ -291,18 +303,6 @@ pub(super) type LockedOperator = (i64, bool, i32, i32);
 pub(super) fn locked(tx: &mut WriteTx<'_>, rows: Vec<LockedOperator>) {
     if let Loads::Cached(cache) = &mut tx.state.loads {
         cache.remember(rows);
-    }
-}
-
-impl LoadCache {
-    fn remember(&mut self, rows: Vec<LockedOperator>) {
-        for (id, is_active, max_load, active_load) in rows {
-            self.operators.entry(id).or_insert(OperatorLoad {
-                is_active,
-                max_load,
-                active_load,
-            });
-        }
     }
 }
 

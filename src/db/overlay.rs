@@ -1,9 +1,9 @@
 //! The contacts a `Direct`-mode batch reads and changes, kept in memory and
 //! written at commit: new contacts in one multi-row insert (with ids taken
-//! ahead), changed ones in one update guarded by the status each was read
-//! with. Without it, every registration, close and dispatch paid its own
-//! round trip and (for UPDATEs, which diesel never caches) its own parse and
-//! plan on PostgreSQL.
+//! ahead), changed ones in one update guarded by what each was read with
+//! (see [`Stored`]). Without it, every registration, close, dispatch,
+//! accept, lapse and transfer paid its own round trip and (for UPDATEs,
+//! which diesel never caches) its own parse and plan on PostgreSQL.
 //!
 //! It is exact because of the locks the batch holds (see [`super::locks`]):
 //! nobody else changes the pending contacts of a source whose locks this
@@ -102,10 +102,9 @@ impl ContactOverlay {
         Ok(holders)
     }
 
-    /// Takes in a contact a unit read outside the overlay (its check, under
-    /// the unit's locks), so that the unit's change of it joins the guarded
-    /// update at commit, guarded by `row` as read. A row the overlay holds
-    /// already is kept.
+    /// Takes in a contact a unit read outside the overlay, so that the
+    /// unit's change of it joins the guarded update at commit, guarded by
+    /// `row` as read. A row the overlay holds already is kept.
     pub(super) fn adopt(&mut self, row: ContactRow) {
         self.remember(row);
     }

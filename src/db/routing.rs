@@ -7,8 +7,8 @@
 //! (`USES_BUFFERS` is false: the writer writes the buffers before each of
 //! them), take the locks of [`locks`], and change a contact only after
 //! finding its row still as read ([`still_as_read`], FOR UPDATE on
-//! PostgreSQL); in `Direct` mode the change itself joins the batch's guarded
-//! update at commit. So a lapse racing an accept, a transfer or a close on
+//! PostgreSQL); every change goes through [`WriteTx::change_contact`], which
+//! in `Direct` mode joins it to the batch's guarded update at commit. So a lapse racing an accept, a transfer or a close on
 //! another replica has exactly one winner.
 
 use diesel::prelude::*;
@@ -19,7 +19,6 @@ use super::{
     loads, locks,
     models::ContactRow,
     operators, overlay,
-    run::RunOn,
     schema::{contacts, operators as operator_rows},
     sources,
     tx::WriteTx,
@@ -79,23 +78,6 @@ fn must_be_active(row: &ContactRow) -> Result<()> {
     )))
 }
 
-/// Writes the contact's routing fields as `moved` has them; `read` is the
-/// row as the caller read it and found [`still_as_read`]. In `Direct` mode
-/// the change joins the batch's one guarded update at commit (see
-/// [`ContactOverlay`](super::overlay::ContactOverlay)), saving a statement
-/// (and its parse and plan on PostgreSQL) per contact.
-fn write(tx: &mut WriteTx<'_>, read: &ContactRow, moved: &ContactRow) -> Result<(), Fault> {
-    if let Some(overlay) = &mut tx.state.contacts {
-        overlay.adopt(read.clone());
-        overlay.update(moved.id, |row| *row = moved.clone())?;
-        return Ok(());
-    }
-    diesel::update(contacts::table.find(moved.id))
-        .set(moved.lifecycle())
-        .execute_on(tx.connection())?;
-    Ok(())
-}
-
 /// Why a contact is taken from its operator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Taken {
@@ -148,7 +130,7 @@ fn take_and_redraw(
             moved.assigned_at = Some(now);
             moved.accept_deadline = settings.deadline(now);
             moved.set_lapsed_with(&lapsed_with);
-            write(tx, row, &moved)?;
+            tx.change_contact(row, |now| *now = moved.clone())?;
             counts::assigned(tx, claim.operator_id, source_id);
             let assignment = Some(claim.assignment());
             events::record(
@@ -165,7 +147,7 @@ fn take_and_redraw(
             moved.assigned_at = None;
             moved.accept_deadline = None;
             moved.set_lapsed_with(&[]);
-            write(tx, row, &moved)?;
+            tx.change_contact(row, |now| *now = moved.clone())?;
             counts::pending(tx, source_id, 1);
             events::record(tx, ContactEventType::Unassigned, &moved, Some(from), None);
         }
@@ -327,7 +309,7 @@ impl WriteUnit for Transfer {
         moved.assigned_at = Some(now);
         moved.accepted_at = None;
         moved.accept_deadline = sources::settings(tx, source_id)?.deadline(now);
-        write(tx, &row, &moved)?;
+        tx.change_contact(&row, |now| *now = moved.clone())?;
         events::record(
             tx,
             ContactEventType::Assigned,

@@ -206,12 +206,13 @@ impl<'t> WriteTx<'t> {
         }
     }
 
-    /// Changes a contact the unit's check read as `read` (a buffered unit:
-    /// through [`Self::contact`]), and returns it as it is now. In `Direct`
-    /// mode in the overlay, written by its guarded update at commit;
-    /// otherwise at once, guarded the same way. Either way, a concurrent
-    /// transaction that changed the contact meanwhile makes the guard match
-    /// nothing: a conflict, and the transaction runs again.
+    /// Changes a contact the unit read as `read`, and returns it as it is
+    /// now. In `Direct` mode in the overlay (which takes the row in as read
+    /// unless it holds it already: a buffered unit read it there), written
+    /// by its guarded update at commit; otherwise at once, guarded the same
+    /// way. Either way, a concurrent transaction that changed the contact
+    /// meanwhile makes the guard match nothing: a conflict, and the
+    /// transaction runs again.
     pub(super) fn change_contact(
         &mut self,
         read: &schema_row::ContactRow,
@@ -219,6 +220,7 @@ impl<'t> WriteTx<'t> {
     ) -> Result<schema_row::ContactRow, Fault> {
         use diesel::prelude::*;
         if let Some(overlay) = &mut self.state.contacts {
+            overlay.adopt(read.clone());
             return overlay.update(read.id, change);
         }
         let mut changed = read.clone();
