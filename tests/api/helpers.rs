@@ -286,26 +286,7 @@ impl TestApp {
 
     /// Every contact, following the page tokens to the end.
     pub async fn all_contacts(&self) -> Vec<pb::Contact> {
-        let mut contacts = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .contacts
-                .clone()
-                .list_contacts(pb::ListContactsRequest {
-                    page_size: 1000,
-                    page_token,
-                    ..Default::default()
-                })
-                .await
-                .expect("list contacts")
-                .into_inner();
-            contacts.extend(page.contacts);
-            if page.next_page_token.is_empty() {
-                return contacts;
-            }
-            page_token = page.next_page_token;
-        }
+        all_contacts(self.contacts.clone()).await
     }
 
     /// Every recorded event (filtered), following the page tokens to the end.
@@ -593,4 +574,26 @@ fn postgres_urls_are_pointed_at_the_test_database() {
         with_database("postgres://h:5432", "t3"),
         "postgres://h:5432/t3"
     );
+}
+
+/// Every contact, following the page tokens to the end.
+pub async fn all_contacts(mut client: ContactServiceClient<Channel>) -> Vec<pb::Contact> {
+    let mut contacts = Vec::new();
+    let mut page_token = String::new();
+    loop {
+        let page = client
+            .list_contacts(pb::ListContactsRequest {
+                page_size: 1000,
+                page_token,
+                ..Default::default()
+            })
+            .await
+            .expect("list contacts")
+            .into_inner();
+        contacts.extend(page.contacts);
+        if page.next_page_token.is_empty() {
+            return contacts;
+        }
+        page_token = page.next_page_token;
+    }
 }

@@ -199,38 +199,16 @@ pub fn codes(records: &[Record]) -> BTreeMap<String, usize> {
     codes
 }
 
-/// Every contact, following the page tokens to the end.
-pub async fn all_contacts(channel: &Channel) -> Vec<pb::Contact> {
-    let mut client = ContactServiceClient::new(channel.clone());
-    let mut contacts = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_contacts(pb::ListContactsRequest {
-                page_size: 1000,
-                page_token,
-                ..Default::default()
-            })
-            .await
-            .expect("list contacts")
-            .into_inner();
-        contacts.extend(page.contacts);
-        if page.next_page_token.is_empty() {
-            return contacts;
-        }
-        page_token = page.next_page_token;
-    }
-}
-
 /// Every acknowledged registration is there, with the contact and lead it
 /// was answered with, and every acknowledged close left its contact CLOSED.
 /// Returns (registrations, closes) checked.
 pub async fn assert_acknowledged_present(channel: &Channel, records: &[Record]) -> (usize, usize) {
-    let contacts: BTreeMap<i64, pb::Contact> = all_contacts(channel)
-        .await
-        .into_iter()
-        .map(|contact| (contact.id, contact))
-        .collect();
+    let contacts: BTreeMap<i64, pb::Contact> =
+        crate::helpers::all_contacts(ContactServiceClient::new(channel.clone()))
+            .await
+            .into_iter()
+            .map(|contact| (contact.id, contact))
+            .collect();
     let mut registrations = 0;
     let mut closes = 0;
     for record in records.iter().filter(|record| record.code == Code::Ok) {
