@@ -58,13 +58,31 @@ pub(super) fn flush(tx: &mut WriteTx<'_>) -> Result<Option<i64>, Fault> {
         return Ok(None);
     }
     let count = i64::try_from(events.len()).unwrap_or(i64::MAX);
-    let last: i64 = diesel::update(event_ids::table.find(1))
-        .set(event_ids::last.eq(event_ids::last + count))
-        .returning(event_ids::last)
-        .get_result_on(tx.connection())?;
-    let rows: Vec<EventRow> = events
+    let last = match tx.connection() {
+        // The ids are taken in the insert itself: rows numbered from 1.
+        DbConnection::Postgres(pg) => super::bulk::events(pg, &rows(events, 1))?,
+        connection => {
+            let last: i64 = diesel::update(event_ids::table.find(1))
+                .set(event_ids::last.eq(event_ids::last + count))
+                .returning(event_ids::last)
+                .get_result_on(connection)?;
+            // Bound values per statement stay well below SQLite's limit of 32,766.
+            for chunk in rows(events, last - count + 1).chunks(1_000) {
+                diesel::insert_into(contact_events::table)
+                    .values(chunk)
+                    .execute_on(connection)?;
+            }
+            last
+        }
+    };
+    Ok(Some(last))
+}
+
+/// The events as rows, with ids from `first` on.
+fn rows(events: Vec<NewEvent>, first: i64) -> Vec<EventRow> {
+    events
         .into_iter()
-        .zip(last - count + 1..)
+        .zip(first..)
         .map(|(event, id)| {
             let NewEvent {
                 kind,
@@ -91,21 +109,7 @@ pub(super) fn flush(tx: &mut WriteTx<'_>) -> Result<Option<i64>, Fault> {
                 lapses: contact.lapses,
             }
         })
-        .collect();
-    match tx.connection() {
-        DbConnection::Postgres(pg) => {
-            super::bulk::events(pg, &rows)?;
-        }
-        connection => {
-            // Bound values per statement stay well below SQLite's limit of 32,766.
-            for chunk in rows.chunks(1_000) {
-                diesel::insert_into(contact_events::table)
-                    .values(chunk)
-                    .execute_on(connection)?;
-            }
-        }
-    }
-    Ok(Some(last))
+        .collect()
 }
 
 /// The events' contact fields that never change, read from `contacts`.

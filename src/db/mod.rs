@@ -20,6 +20,7 @@ mod locks;
 mod models;
 pub(crate) mod operators;
 mod overlay;
+mod prepared;
 pub(crate) mod reader;
 pub(crate) mod routing;
 mod run;
@@ -29,6 +30,11 @@ pub(crate) mod stats;
 mod tx;
 mod units;
 mod writer;
+
+/// The tests' database helper, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../tests/support/test_db.rs"]
+mod test_db;
 
 pub use backup::{Backup, BackupError, backup};
 pub use check::{CheckError, Problem, Report, check};

@@ -89,7 +89,7 @@ pub struct NewLeadRow<'a> {
 
 /// Also inserted as is, by a batch that took the ids ahead: NULL, not
 /// DEFAULT, for absent values, since SQLite's multi-row insert has no DEFAULT.
-#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable, Insertable)]
 #[diesel(table_name = contacts, treat_none_as_default_value = false)]
 pub struct ContactRow {
     pub id: i64,

@@ -16,13 +16,24 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 
 use diesel::prelude::*;
 
-use super::{DbConnection, models::ContactRow, reader::Reader, run::RunOn, schema::contacts};
+use super::{
+    DbConnection,
+    models::ContactRow,
+    reader::{PlannedSelect, Reader},
+    run::RunOn,
+    schema::contacts,
+};
 use crate::{domain::ContactStatus, error::Fault};
 
 /// Matches the predicate of the `contacts_pending` partial index. A literal,
 /// not a bound value: that is what lets SQLite's planner (with stable plans)
 /// pick that index.
-const PENDING_PREDICATE: &str = "contacts.status = 2";
+macro_rules! pending_predicate {
+    () => {
+        "contacts.status = 2"
+    };
+}
+const PENDING_PREDICATE: &str = pending_predicate!();
 
 /// Pending contacts are read this many at a time, oldest first.
 const QUEUE_READ: i64 = 16;
@@ -100,6 +111,52 @@ impl ContactOverlay {
             self.remember(row);
         }
         Ok(holders)
+    }
+
+    /// PostgreSQL: reads the first pending contacts of each of these
+    /// sources in one statement, where each queue would otherwise be read by
+    /// a round trip of its own when first needed. The caller holds the
+    /// sources' locks. Nothing on SQLite, where a read costs no round trip.
+    pub(super) fn read_pending(
+        &mut self,
+        reader: &mut Reader<'_>,
+        sources: &[i64],
+    ) -> QueryResult<()> {
+        let mut unread: Vec<i64> = sources
+            .iter()
+            .copied()
+            .filter(|source_id| !self.queues.contains_key(source_id))
+            .collect();
+        unread.sort_unstable();
+        unread.dedup();
+        if unread.is_empty() {
+            return Ok(());
+        }
+        let planned = PlannedSelect::new(concat!(
+            "SELECT contacts.* FROM unnest($1::bigint[]) AS s(id) CROSS JOIN LATERAL (\
+               SELECT * FROM contacts WHERE ",
+            pending_predicate!(),
+            " AND contacts.source_id = s.id \
+               ORDER BY contacts.source_id, contacts.id LIMIT $2) AS contacts"
+        ))
+        .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(unread.clone())
+        .bind::<diesel::sql_types::BigInt, _>(QUEUE_READ);
+        let Some(rows) = reader.load_planned::<ContactRow>(planned) else {
+            return Ok(());
+        };
+        let mut by_source: HashMap<i64, Vec<ContactRow>> = HashMap::new();
+        for row in rows? {
+            by_source.entry(row.source_id).or_default().push(row);
+        }
+        for source_id in unread {
+            let mut rows = by_source.remove(&source_id).unwrap_or_default();
+            rows.sort_unstable_by_key(|row| row.id);
+            self.queue(source_id).fill(&rows);
+            for row in rows {
+                self.remember(row);
+            }
+        }
+        Ok(())
     }
 
     /// Takes in a contact a unit read outside the overlay, so that the
@@ -232,10 +289,16 @@ impl ContactOverlay {
         self.row(reader, id).map(drop)
     }
 
-    /// Writes the new and changed contacts and forgets everything read: one
-    /// statement for the new ones, one for the changed ones (a statement per
-    /// row on SQLite, where a statement costs no round trip).
-    pub(super) fn flush(&mut self, connection: &mut DbConnection) -> Result<(), Fault> {
+    /// Writes the new contacts (in the order they were staged) through
+    /// `insert`, which may write other new rows in the same statement, then
+    /// the changed ones, and forgets everything read: one statement for all
+    /// the changed contacts (a statement per row on SQLite, where a
+    /// statement costs no round trip).
+    pub(super) fn flush(
+        &mut self,
+        connection: &mut DbConnection,
+        insert: impl FnOnce(&mut DbConnection, &[ContactRow]) -> Result<(), Fault>,
+    ) -> Result<(), Fault> {
         let mut rows = std::mem::take(&mut self.rows);
         self.queues.clear();
         let inserted: Vec<ContactRow> = std::mem::take(&mut self.inserted)
@@ -243,17 +306,7 @@ impl ContactOverlay {
             .filter_map(|id| rows.remove(id))
             .map(|entry| entry.row)
             .collect();
-        match &mut *connection {
-            _ if inserted.is_empty() => {}
-            DbConnection::Postgres(pg) => {
-                super::bulk::contacts(pg, &inserted)?;
-            }
-            connection => {
-                diesel::insert_into(contacts::table)
-                    .values(&inserted)
-                    .execute_on(connection)?;
-            }
-        }
+        insert(connection, &inserted)?;
         let changed: Vec<(Stored, ContactRow)> = rows
             .into_values()
             .filter(|entry| entry.changed)
@@ -413,17 +466,23 @@ impl PendingQueue {
                     .limit(QUEUE_READ)
                     .select(contacts::all_columns),
             )?;
-            self.more = rows.len() as i64 == QUEUE_READ;
-            if let Some(last) = rows.last() {
-                self.after = last.id;
-            }
-            self.stored.extend(rows.iter().map(|row| row.id));
+            self.fill(&rows);
             read.extend(rows);
         }
         Ok(match (self.stored.front(), self.new.first()) {
             (Some(&stored), Some(&new)) => Some(stored.min(new)),
             (stored, new) => stored.or(new).copied(),
         })
+    }
+
+    /// Takes in the next stored rows, read in id order, at most
+    /// [`QUEUE_READ`] of them: fewer means there are no more.
+    fn fill(&mut self, rows: &[ContactRow]) {
+        self.more = rows.len() as i64 == QUEUE_READ;
+        if let Some(last) = rows.last() {
+            self.after = last.id;
+        }
+        self.stored.extend(rows.iter().map(|row| row.id));
     }
 
     /// Removes the contact if it is at the front.

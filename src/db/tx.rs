@@ -275,6 +275,10 @@ impl<'t> WriteTx<'t> {
             .filter_map(|key| self.memory.source_id(key))
             .collect();
         super::locks::ahead(self, &holders, &drawn_for)?;
+        // The sources a close or lapse of these contacts dispatches for,
+        // locked now: their queues in one read.
+        let dispatching: Vec<i64> = self.state.served.values().flatten().copied().collect();
+        overlay.read_pending(&mut self.reader(), &dispatching)?;
         if inserting > 0 {
             let ids = self.take_ids(inserting)?;
             index.reserve(ids.iter().map(|row| row.lead));
@@ -293,13 +297,16 @@ impl<'t> WriteTx<'t> {
     fn take_ids(&mut self, count: usize) -> Result<Vec<TakenIds>> {
         let count = i64::try_from(count).unwrap_or(i64::MAX);
         Ok(match self.connection {
-            DbConnection::Postgres(_) => diesel::RunQueryDsl::load(
-                diesel::sql_query(format!(
-                    "SELECT nextval(pg_get_serial_sequence('leads', 'id')) AS lead, \
-                     nextval(pg_get_serial_sequence('contacts', 'id')) AS contact \
-                     FROM generate_series(1, {count})"
-                )),
-                self.connection,
+            DbConnection::Postgres(pg) => diesel::RunQueryDsl::load(
+                super::prepared::Prepared::new(
+                    // The sequences looked up once, not once a row.
+                    "SELECT nextval(l.seq) AS lead, nextval(c.seq) AS contact \
+                     FROM (SELECT pg_get_serial_sequence('leads', 'id')::regclass AS seq) AS l, \
+                          (SELECT pg_get_serial_sequence('contacts', 'id')::regclass AS seq) AS c, \
+                          generate_series(1, $1)",
+                )
+                .bind::<diesel::sql_types::BigInt, _>(count),
+                pg,
             )?,
             DbConnection::Sqlite(_) => {
                 let after: Vec<TakenIds> = diesel::RunQueryDsl::load(
@@ -320,28 +327,50 @@ impl<'t> WriteTx<'t> {
         })
     }
 
-    /// Writes the leads and contacts buffered so far. Runs before any unit
-    /// that does not use the buffers (see [`super::units::WriteUnit::USES_BUFFERS`]).
+    /// Writes the leads and contacts buffered so far: on PostgreSQL the new
+    /// leads and contacts in one statement, then the changed contacts in
+    /// another. Runs before any unit that does not use the buffers (see
+    /// [`super::units::WriteUnit::USES_BUFFERS`]).
     pub(crate) fn flush_buffers(&mut self) -> Result<(), Fault> {
-        if let Some(index) = &mut self.state.leads {
-            let leads = index.take_staged();
-            match &mut *self.connection {
-                _ if leads.is_empty() => {}
-                DbConnection::Postgres(pg) => {
-                    super::bulk::leads(pg, &leads)?;
-                }
-                connection => {
-                    diesel::insert_into(schema::leads::table)
-                        .values(&leads)
-                        .execute_on(connection)?;
-                }
+        let leads = match &mut self.state.leads {
+            Some(index) => index.take_staged(),
+            None => Vec::new(),
+        };
+        let insert = |connection: &mut DbConnection, contacts: &[schema_row::ContactRow]| {
+            insert_new(connection, &leads, contacts)
+        };
+        match &mut self.state.contacts {
+            Some(overlay) => overlay.flush(self.connection, insert),
+            None => insert(self.connection, &[]),
+        }
+    }
+}
+
+/// Inserts new leads and contacts: one statement on PostgreSQL.
+fn insert_new(
+    connection: &mut DbConnection,
+    leads: &[schema_row::LeadRow],
+    contacts: &[schema_row::ContactRow],
+) -> Result<(), Fault> {
+    match connection {
+        _ if leads.is_empty() && contacts.is_empty() => {}
+        DbConnection::Postgres(pg) => {
+            super::bulk::new_rows(pg, leads, contacts)?;
+        }
+        connection => {
+            if !leads.is_empty() {
+                diesel::insert_into(schema::leads::table)
+                    .values(leads)
+                    .execute_on(connection)?;
+            }
+            if !contacts.is_empty() {
+                diesel::insert_into(schema::contacts::table)
+                    .values(contacts)
+                    .execute_on(connection)?;
             }
         }
-        if let Some(overlay) = &mut self.state.contacts {
-            overlay.flush(self.connection)?;
-        }
-        Ok(())
     }
+    Ok(())
 }
 
 /// A lead id and a contact id taken ahead.

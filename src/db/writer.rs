@@ -487,11 +487,6 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_micros(rand::random_range(0..ceiling_micros))
 }
 
-/// The tests' database helper, shared with the integration tests.
-#[cfg(test)]
-#[path = "../../tests/support/test_db.rs"]
-mod test_db;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -504,7 +499,7 @@ mod tests {
         },
     };
 
-    use super::test_db::TestDb;
+    use crate::db::test_db::TestDb;
 
     type Answer<U> = oneshot::Receiver<Result<<U as WriteUnit>::Output>>;
 
@@ -782,6 +777,81 @@ mod tests {
             .collect();
         assert_eq!(rows, [(first.operator_id.unwrap(), 1, 1), (spare.id, 1, 1)]);
         assert!(stats.pending.is_empty(), "{stats:?}");
+    }
+
+    /// Closes in one batch hand their slots to the oldest pending contacts,
+    /// in id order, past the first read of the queue (16 contacts; on
+    /// PostgreSQL that read is made for every source before the units run).
+    fn closes_dispatch_oldest_first_past_one_queue_read(mode: Mode, db: fn() -> Option<TestDb>) {
+        let Some(db) = db() else {
+            eprintln!("skipped: set MINICRM_TEST_POSTGRES_URL to run this test on PostgreSQL");
+            return;
+        };
+        const ACTIVE: usize = 20;
+        const PENDING: usize = 24;
+        let database = seeded_with_room(&db, ACTIVE as i32);
+        let register = |k: usize| run_one(&database, registration(&format!("+1000{k:05}")));
+        let active: Vec<_> = (0..ACTIVE).map(register).collect();
+        let pending: Vec<_> = (ACTIVE..ACTIVE + PENDING).map(register).collect();
+        assert!(
+            active
+                .iter()
+                .all(|r| r.contact.status == ContactStatus::Active)
+        );
+        assert!(
+            pending
+                .iter()
+                .all(|r| r.contact.status == ContactStatus::Pending)
+        );
+
+        let (jobs, answers): (Vec<_>, Vec<_>) = active
+            .iter()
+            .map(|r| job(contacts::Close(r.contact.id)))
+            .unzip();
+        run_as_batch(&database, mode, jobs);
+        for closed in answers {
+            assert_eq!(
+                answer::<contacts::Close>(closed).unwrap().status,
+                ContactStatus::Closed
+            );
+        }
+
+        let mut connection = database.read_pool().get().unwrap();
+        let reader = &mut Reader::new(&mut connection);
+        let statuses: Vec<_> = pending
+            .iter()
+            .map(|r| contacts::get(reader, r.contact.id).unwrap().status)
+            .collect();
+        let mut expected = vec![ContactStatus::Active; ACTIVE];
+        expected.resize(PENDING, ContactStatus::Pending);
+        assert_eq!(
+            statuses, expected,
+            "the oldest {ACTIVE} of {PENDING} dispatched"
+        );
+        let operator = operators::list(reader, PageRequest::parse(10, "").unwrap(), None)
+            .unwrap()
+            .items;
+        assert_eq!(operator[0].active_load, ACTIVE as i32);
+    }
+
+    #[test]
+    fn closes_dispatch_oldest_first_direct_sqlite() {
+        closes_dispatch_oldest_first_past_one_queue_read(Mode::Direct, sqlite);
+    }
+
+    #[test]
+    fn closes_dispatch_oldest_first_savepoints_sqlite() {
+        closes_dispatch_oldest_first_past_one_queue_read(Mode::Savepoints, sqlite);
+    }
+
+    #[test]
+    fn closes_dispatch_oldest_first_direct_postgres() {
+        closes_dispatch_oldest_first_past_one_queue_read(Mode::Direct, TestDb::postgres);
+    }
+
+    #[test]
+    fn closes_dispatch_oldest_first_savepoints_postgres() {
+        closes_dispatch_oldest_first_past_one_queue_read(Mode::Savepoints, TestDb::postgres);
     }
 
     #[test]
