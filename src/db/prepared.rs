@@ -1,19 +1,22 @@
 //! Hand-written PostgreSQL statements that diesel keeps prepared.
 //!
 //! `diesel::sql_query` marks its statement unsafe to cache, so PostgreSQL
-//! parses and plans it on every call. For the bulk writes at commit
-//! (`INSERT … SELECT * FROM unnest(…)`, the same text for any number of
-//! rows) that was a fifth of the PostgreSQL backend's CPU in a profile of
-//! the `mix` bench: `raw_parser` and `parse_analyze` 10%, planning 9.5%.
-//! [`Prepared`] is the same SQL text with the same `.bind` calls, found in
-//! the connection's statement cache by its text after the first call.
+//! parses and plans it on every call: in a profile of the `mix` bench,
+//! parsing (`raw_parser`, `parse_analyze`) was 10% of the PostgreSQL
+//! backend's CPU and planning 9.5%, most of it for such statements. The
+//! bulk inserts at commit (`INSERT … SELECT * FROM unnest(…)`, the same text
+//! for any number of rows) are the longest of them. [`Prepared`] is the same
+//! SQL text with the same `.bind` calls, found in the connection's statement
+//! cache by its text after the first call.
 //!
 //! Only for statements whose plan cannot depend on the data: inserts from
-//! `unnest` and the like. PostgreSQL may switch a prepared statement to a
-//! generic plan, made once, and a generic plan for a lookup or a join
-//! chosen while a table was small stays a sequential scan while it grows
-//! (see [`super::reader::Reader::load_planned`]). Statements that read
-//! tables go through `sql_query`, planned for their values every time.
+//! `unnest`, the one-row `event_ids` counter, `nextval`. PostgreSQL may
+//! switch a prepared statement to a generic plan, made once, and a generic
+//! plan for a lookup or a join chosen while a table was small stays a
+//! sequential scan while it grows (see
+//! [`super::reader::Reader::load_planned`]). Statements that look rows up in
+//! growing tables (the guarded updates, the lead and pending reads) go
+//! through `sql_query`, planned for their values every time.
 
 use diesel::{
     QueryResult, RunQueryDsl,
