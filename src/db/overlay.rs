@@ -1,7 +1,7 @@
 //! The contacts a `Direct`-mode batch reads and changes, kept in memory and
-//! written at commit: new contacts in one multi-row insert (with ids taken
-//! ahead), changed ones in one update guarded by what each was read with
-//! (see [`Stored`]). Without it, every registration, close, dispatch,
+//! written at commit: new contacts in one insert (with ids taken ahead; on
+//! PostgreSQL in the statement that inserts the batch's new leads), changed
+//! ones in one update guarded by what each was read with (see [`Stored`]). Without it, every registration, close, dispatch,
 //! accept, lapse and transfer paid its own round trip and (for UPDATEs,
 //! which diesel never caches) its own parse and plan on PostgreSQL.
 //!
