@@ -298,11 +298,21 @@ pub(super) fn release(tx: &mut WriteTx<'_>, operator_id: i64) -> Result<(), Faul
 pub(super) type LockedOperator = (i64, bool, i32, i32);
 
 /// Caches operator rows just locked (FOR UPDATE, so as last committed and
-/// unchangeable by others until commit). Rows already cached are kept:
-/// they hold load changes not written yet.
-pub(super) fn locked(tx: &mut WriteTx<'_>, rows: Vec<LockedOperator>) {
+/// unchangeable by others until commit), and the weight tables of the
+/// sources just locked, which hold them (by source, ordered by operator id;
+/// unchangeable until commit too). Operator rows already cached are kept:
+/// they hold load changes not written yet. Tables are replaced: they are as
+/// this transaction left them.
+pub(super) fn locked(
+    tx: &mut WriteTx<'_>,
+    rows: Vec<LockedOperator>,
+    tables: HashMap<i64, Vec<(i64, i32)>>,
+) {
     if let Loads::Cached(cache) = &mut tx.state.loads {
         cache.remember(rows);
+        for (source_id, table) in tables {
+            cache.tables.insert(source_id, table);
+        }
     }
 }
 
@@ -311,7 +321,9 @@ pub(super) fn locked(tx: &mut WriteTx<'_>, rows: Vec<LockedOperator>) {
 /// statement for all), and the rows of their operators not cached yet;
 /// returns the source's candidates. The caller holds the sources' locks
 /// (PostgreSQL; on SQLite the writer is alone), so nothing cached can change
-/// under the cache until commit.
+/// under the cache until commit. On PostgreSQL the tables usually came with
+/// the locks (see [`locked`]): this reads them after a flush emptied the
+/// cache, and on SQLite.
 fn cache_source(tx: &mut WriteTx<'_>, source_id: i64) -> Result<Vec<CandidateLoad>, Fault> {
     let Loads::Cached(cache) = &tx.state.loads else {
         return Err(Fault::Internal("no load cache in this mode".into()));

@@ -16,11 +16,16 @@
 
 use std::collections::HashMap;
 
-use diesel::prelude::*;
+use diesel::{
+    QueryableByName,
+    prelude::*,
+    sql_types::{Array, BigInt, Bool, Integer, Nullable},
+};
 
 use super::{
     DbConnection,
     loads::{self, LockedOperator},
+    prepared::Prepared,
     schema::{operators, source_operators, sources},
     tx::WriteTx,
 };
@@ -28,64 +33,143 @@ use crate::{db::sources::Settings as SourceSettings, error::Fault};
 
 /// Locks the sources and all their operators, unless this transaction already holds them.
 pub(super) fn sources(tx: &mut WriteTx<'_>, source_ids: &[i64]) -> Result<(), Fault> {
+    lock(tx, source_ids, &[]).map(drop)
+}
+
+/// A source row as [`lock`] locked it, with its routing settings and the
+/// asked-about operators in its weight table.
+#[derive(QueryableByName)]
+struct LockedSource {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    accept_timeout_nanos: Option<i64>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    sticky_window_nanos: Option<i64>,
+    #[diesel(sql_type = Array<BigInt>)]
+    holders: Vec<i64>,
+}
+
+/// An operator row as [`lock`] locked it, once for each source whose weight
+/// table holds it.
+#[derive(QueryableByName)]
+struct LockedEntry {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Bool)]
+    is_active: bool,
+    #[diesel(sql_type = Integer)]
+    max_load: i32,
+    #[diesel(sql_type = Integer)]
+    active_load: i32,
+    #[diesel(sql_type = BigInt)]
+    source_id: i64,
+    #[diesel(sql_type = Integer)]
+    weight: i32,
+}
+
+/// Locks the sources `source_ids` and every source an operator of `holders`
+/// serves, then every operator of their weight tables, in two statements:
+/// sources by id (KEY SHARE), operators by id (FOR UPDATE). Sources this
+/// transaction holds already are locked again (a no-op) but their operators
+/// are not. Returns, for each of `holders` that serves a source, the sources
+/// it serves, by id. PostgreSQL only: nothing on SQLite.
+fn lock(
+    tx: &mut WriteTx<'_>,
+    source_ids: &[i64],
+    holders: &[i64],
+) -> Result<HashMap<i64, Vec<i64>>, Fault> {
     let DbConnection::Postgres(pg) = &mut *tx.connection else {
-        return Ok(());
+        return Ok(HashMap::new());
     };
-    let locked = &mut tx.state.locked_sources;
+    let locked = &tx.state.locked_sources;
     let mut wanted: Vec<i64> = source_ids
         .iter()
         .copied()
         .filter(|id| !locked.contains(id))
         .collect();
-    if wanted.is_empty() {
-        return Ok(());
+    if wanted.is_empty() && holders.is_empty() {
+        return Ok(HashMap::new());
     }
     wanted.sort_unstable();
     wanted.dedup();
+    // Both statements are kept prepared. Their ids are looked up by
+    // `= ANY(ARRAY(…))`, which PostgreSQL answers from the primary key even in
+    // a generic plan; an `IN (subquery)` or a join to an unnested list becomes
+    // a sequential scan there (checked with `force_generic_plan` on 5,000
+    // operators and 2,000 sources).
+    //
     // The routing settings come with the lock, at no extra round trip; an
     // UpdateSource (FOR UPDATE, see [`source_settings`]) waits for this
-    // transaction, so they stay true until it commits.
-    let rows: Vec<(i64, Option<i64>, Option<i64>)> = sources::table
-        .filter(sources::id.eq_any(&wanted))
-        .order(sources::id)
-        .select((
-            sources::id,
-            sources::accept_timeout_nanos,
-            sources::sticky_window_nanos,
-        ))
-        .for_key_share()
-        .load(pg)?;
-    for (id, accept_timeout, sticky_window) in rows {
+    // transaction, so they stay true until it commits; so do the weight
+    // tables read with the operators (a new table waits for the lock too,
+    // see [`source_table`]).
+    let rows: Vec<LockedSource> = Prepared::new(
+        "SELECT s.id, s.accept_timeout_nanos, s.sticky_window_nanos, \
+                ARRAY(SELECT so.operator_id FROM source_operators so \
+                      WHERE so.source_id = s.id AND so.operator_id = ANY($1) \
+                      ORDER BY so.operator_id) AS holders \
+         FROM sources s \
+         WHERE s.id = ANY(ARRAY(SELECT unnest($2::bigint[]) \
+                                UNION SELECT so.source_id FROM source_operators so \
+                                      WHERE so.operator_id = ANY($3))) \
+         ORDER BY s.id \
+         FOR KEY SHARE OF s",
+    )
+    .bind::<Array<BigInt>, _>(holders)
+    .bind::<Array<BigInt>, _>(&wanted)
+    .bind::<Array<BigInt>, _>(holders)
+    .load(pg)?;
+    let mut served: HashMap<i64, Vec<i64>> = HashMap::new();
+    let mut newly: Vec<i64> = Vec::new();
+    for row in rows {
+        for &operator_id in &row.holders {
+            served.entry(operator_id).or_default().push(row.id);
+        }
+        if tx.state.locked_sources.contains(&row.id) {
+            continue;
+        }
         tx.state.settings.insert(
-            id,
-            SourceSettings::from_nanos(accept_timeout, sticky_window),
+            row.id,
+            SourceSettings::from_nanos(row.accept_timeout_nanos, row.sticky_window_nanos),
         );
+        newly.push(row.id);
     }
-    // The rows come with the lock too, as last committed: the load cache
-    // takes them (see [`loads::locked`]) instead of reading them again.
-    let locked: Vec<LockedOperator> = operators::table
-        .filter(
-            operators::id.eq_any(
-                source_operators::table
-                    .filter(source_operators::source_id.eq_any(&wanted))
-                    .select(source_operators::operator_id),
-            ),
-        )
-        .order(operators::id)
-        .select((
-            operators::id,
-            operators::is_active,
-            operators::max_load,
-            operators::active_load,
-        ))
-        .for_update()
-        .load(pg)?;
-    tx.state.locked_sources.extend(wanted);
+    if newly.is_empty() {
+        return Ok(served);
+    }
+    // The operators come with their lock as last committed, and with the
+    // weight tables they are in (which the sources' locks keep): the load
+    // cache takes both (see [`loads::locked`]) instead of reading them again.
+    let entries: Vec<LockedEntry> = Prepared::new(
+        "SELECT o.id, o.is_active, o.max_load, o.active_load, so.source_id, so.weight \
+         FROM operators o JOIN source_operators so ON so.operator_id = o.id \
+         WHERE o.id = ANY(ARRAY(SELECT t.operator_id FROM source_operators t \
+                                WHERE t.source_id = ANY($1))) \
+           AND so.source_id = ANY($2) \
+         ORDER BY o.id, so.source_id \
+         FOR UPDATE OF o",
+    )
+    .bind::<Array<BigInt>, _>(&newly)
+    .bind::<Array<BigInt>, _>(&newly)
+    .load(pg)?;
+    let mut tables: HashMap<i64, Vec<(i64, i32)>> =
+        newly.iter().map(|&id| (id, Vec::new())).collect();
+    let mut operators: Vec<LockedOperator> = Vec::new();
+    for entry in entries {
+        if let Some(table) = tables.get_mut(&entry.source_id) {
+            table.push((entry.id, entry.weight));
+        }
+        if operators.last().is_none_or(|&(id, ..)| id != entry.id) {
+            operators.push((entry.id, entry.is_active, entry.max_load, entry.active_load));
+        }
+    }
+    tx.state.locked_sources.extend(newly);
     tx.state
         .locked_operators
-        .extend(locked.iter().map(|&(id, ..)| id));
-    loads::locked(tx, locked);
-    Ok(())
+        .extend(operators.iter().map(|&(id, ..)| id));
+    loads::locked(tx, operators, tables);
+    Ok(served)
 }
 
 /// Takes, for a whole batch at once, the locks its units will take one by
@@ -99,32 +183,14 @@ pub(super) fn ahead(
     contacts: &[(i64, Option<i64>)],
     drawn_for: &[i64],
 ) -> Result<(), Fault> {
-    if !matches!(tx.connection, DbConnection::Postgres(_)) {
-        return Ok(());
-    }
     let mut holders: Vec<i64> = contacts.iter().filter_map(|&(_, op)| op).collect();
     holders.sort_unstable();
     holders.dedup();
-    let pairs: Vec<(i64, i64)> = if holders.is_empty() {
-        Vec::new()
-    } else {
-        tx.reader().load(
-            source_operators::table
-                .filter(source_operators::operator_id.eq_any(&holders))
-                .order((source_operators::operator_id, source_operators::source_id))
-                .select((source_operators::operator_id, source_operators::source_id)),
-        )?
-    };
     let mut wanted: Vec<i64> = contacts.iter().map(|&(source_id, _)| source_id).collect();
-    wanted.extend(pairs.iter().map(|&(_, source_id)| source_id));
     wanted.extend_from_slice(drawn_for);
-    sources(tx, &wanted)?;
-    let mut served: HashMap<i64, Vec<i64>> = HashMap::new();
-    for (operator_id, source_id) in pairs {
-        served.entry(operator_id).or_default().push(source_id);
-    }
     // What `operator_sources` would have found and locked for each holder.
     // One that serves no source is left to it (its own lock).
+    let served = lock(tx, &wanted, &holders)?;
     for (operator_id, sources) in served {
         tx.state.served.insert(operator_id, sources);
     }

@@ -10,7 +10,9 @@
 //! cache by its text after the first call.
 //!
 //! Only for statements whose plan cannot depend on the data: inserts from
-//! `unnest`, the one-row `event_ids` counter, `nextval`. PostgreSQL may
+//! `unnest`, the one-row `event_ids` counter, `nextval`, and the lock
+//! statements of [`super::locks`], which look their rows up by
+//! `id = ANY(ARRAY(…))` (a primary-key scan in any plan). PostgreSQL may
 //! switch a prepared statement to a generic plan, made once, and a generic
 //! plan for a lookup or a join chosen while a table was small stays a
 //! sequential scan while it grows (see

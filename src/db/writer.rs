@@ -779,6 +779,69 @@ mod tests {
         assert!(stats.pending.is_empty(), "{stats:?}");
     }
 
+    /// A weight table replaced within a batch is drawn from by the units
+    /// after it: the table that came with the source's lock (on PostgreSQL)
+    /// or was read for an earlier draw is not used again.
+    fn new_weight_table_drawn_from_in_the_batch(mode: Mode, db: fn() -> Option<TestDb>) {
+        let Some(db) = db() else {
+            eprintln!("skipped: set MINICRM_TEST_POSTGRES_URL to run this test on PostgreSQL");
+            return;
+        };
+        let database = seeded(&db);
+        let bob = run_one(
+            &database,
+            operators::Create(NewOperator {
+                name: OperatorName::parse("name", "Bob").unwrap(),
+                is_active: true,
+                max_load: MaxLoad::parse("max_load", 5).unwrap(),
+            }),
+        );
+        let (before, before_answer) = job(registration("+100000001"));
+        let (table, table_answer) = job(sources::SetOperators {
+            source_id: 1,
+            table: weights(&[bob.id]),
+        });
+        let (after, after_answer) = job(registration("+100000002"));
+        let (again, again_answer) = job(registration("+100000003"));
+        run_as_batch(&database, mode, vec![before, table, after, again]);
+        let before = answer::<contacts::Register>(before_answer).expect("registered");
+        answer::<sources::SetOperators>(table_answer).expect("table set");
+        let ann = before
+            .contact
+            .operator_id
+            .expect("drawn from the old table");
+        assert_ne!(ann, bob.id);
+        for reply in [after_answer, again_answer] {
+            let after = answer::<contacts::Register>(reply).expect("registered");
+            assert_eq!(after.contact.operator_id, Some(bob.id), "the new table");
+        }
+
+        let mut connection = database.read_pool().get().unwrap();
+        let reader = &mut Reader::new(&mut connection);
+        assert_eq!(operators::get(reader, ann).unwrap().active_load, 1);
+        assert_eq!(operators::get(reader, bob.id).unwrap().active_load, 2);
+    }
+
+    #[test]
+    fn new_weight_table_drawn_from_direct_sqlite() {
+        new_weight_table_drawn_from_in_the_batch(Mode::Direct, sqlite);
+    }
+
+    #[test]
+    fn new_weight_table_drawn_from_savepoints_sqlite() {
+        new_weight_table_drawn_from_in_the_batch(Mode::Savepoints, sqlite);
+    }
+
+    #[test]
+    fn new_weight_table_drawn_from_direct_postgres() {
+        new_weight_table_drawn_from_in_the_batch(Mode::Direct, TestDb::postgres);
+    }
+
+    #[test]
+    fn new_weight_table_drawn_from_savepoints_postgres() {
+        new_weight_table_drawn_from_in_the_batch(Mode::Savepoints, TestDb::postgres);
+    }
+
     /// Closes in one batch hand their slots to the oldest pending contacts,
     /// in id order, past the first read of the queue (16 contacts; on
     /// PostgreSQL that read is made for every source before the units run).
