@@ -176,15 +176,29 @@ pub(crate) fn verify_with(division_by_zero: &DieselError) -> bool {
 /// statement failed because the connection is gone. diesel's own check of a
 /// pooled connection looks only at its transaction state, so without this a
 /// connection the server closed (a restart, a network cut) would go back to
-/// the pool and fail every call that gets it, forever.
-#[derive(Debug, Default)]
+/// the pool and fail every call that gets it, forever. It also knows when
+/// the connection was opened.
+#[derive(Debug)]
 pub(crate) struct ConnectionWatch {
     lost: bool,
+    opened: std::time::Instant,
 }
 
 impl ConnectionWatch {
+    /// For a connection opened now.
+    pub(crate) fn new() -> Self {
+        Self {
+            lost: false,
+            opened: std::time::Instant::now(),
+        }
+    }
+
     pub(crate) fn lost(&self) -> bool {
         self.lost
+    }
+
+    pub(crate) fn age(&self) -> std::time::Duration {
+        self.opened.elapsed()
     }
 }
 
@@ -252,7 +266,7 @@ mod tests {
         };
         let connect = || {
             let mut pg = PgConnection::establish(&url).expect("connect");
-            pg.set_instrumentation(ConnectionWatch::default());
+            pg.set_instrumentation(ConnectionWatch::new());
             pg
         };
         let (mut first, mut second) = (connect(), connect());

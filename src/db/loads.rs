@@ -16,6 +16,7 @@ use diesel::prelude::*;
 
 use super::{
     DbConnection, locks,
+    prepared::Prepared,
     reader::Reader,
     run::RunOn,
     schema::{operators, source_operators},
@@ -417,18 +418,22 @@ pub(super) fn flush(tx: &mut WriteTx<'_>) -> Result<(), Fault> {
 /// guards: every row must pass its own, or the transaction fails. Only
 /// cached operators are written here, and on PostgreSQL those are locked
 /// already (see [`super::locks::sources`]), so the statement takes no new lock.
+/// The ids come twice, as `= ANY(…)` too (see [`super::overlay`]'s guarded
+/// update).
 fn write_changes(pg: &mut diesel::PgConnection, changes: &[(i64, i32)]) -> Result<(), Fault> {
     use diesel::sql_types::{Array, BigInt, Integer};
-    let written = diesel::sql_query(
+    let written = Prepared::new(
         "UPDATE operators SET active_load = operators.active_load + v.delta \
          FROM unnest($1::bigint[], $2::int[]) AS v(id, delta) \
          WHERE operators.id = v.id \
            AND operators.active_load + v.delta >= 0 \
            AND (v.delta < 0 OR (operators.is_active \
-                AND operators.active_load + v.delta <= operators.max_load))",
+                AND operators.active_load + v.delta <= operators.max_load)) \
+           AND operators.id = ANY($3)",
     )
     .bind::<Array<BigInt>, _>(changes.iter().map(|&(id, _)| id).collect::<Vec<_>>())
     .bind::<Array<Integer>, _>(changes.iter().map(|&(_, delta)| delta).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(changes.iter().map(|&(id, _)| id).collect::<Vec<_>>())
     .execute(pg)?;
     if written == changes.len() {
         Ok(())

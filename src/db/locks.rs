@@ -93,11 +93,12 @@ fn lock(
     }
     wanted.sort_unstable();
     wanted.dedup();
-    // Both statements are kept prepared. Their ids are looked up by
-    // `= ANY(ARRAY(…))`, which PostgreSQL answers from the primary key even in
-    // a generic plan; an `IN (subquery)` or a join to an unnested list becomes
-    // a sequential scan there (checked with `force_generic_plan` on 5,000
-    // operators and 2,000 sources).
+    // Both statements are kept prepared (see [`super::prepared`]). Their ids
+    // are looked up by `= ANY(ARRAY(…))`, which PostgreSQL answers from the
+    // primary key in a generic plan made on tables of more than a few pages;
+    // an `IN (subquery)` or a join to an unnested list was a sequential scan
+    // there (checked with `force_generic_plan` on 5,000 operators and 2,000
+    // sources).
     //
     // The routing settings come with the lock, at no extra round trip; an
     // UpdateSource (FOR UPDATE, see [`source_settings`]) waits for this

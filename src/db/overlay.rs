@@ -19,7 +19,8 @@ use diesel::prelude::*;
 use super::{
     DbConnection,
     models::ContactRow,
-    reader::{PlannedSelect, Reader},
+    prepared::Prepared,
+    reader::{PgSelect, Reader},
     run::RunOn,
     schema::contacts,
 };
@@ -132,7 +133,7 @@ impl ContactOverlay {
         if unread.is_empty() {
             return Ok(());
         }
-        let planned = PlannedSelect::new(concat!(
+        let select = PgSelect::new(concat!(
             "SELECT contacts.* FROM unnest($1::bigint[]) AS s(id) CROSS JOIN LATERAL (\
                SELECT * FROM contacts WHERE ",
             pending_predicate!(),
@@ -141,7 +142,7 @@ impl ContactOverlay {
         ))
         .bind::<diesel::sql_types::Array<diesel::sql_types::BigInt>, _>(unread.clone())
         .bind::<diesel::sql_types::BigInt, _>(QUEUE_READ);
-        let Some(rows) = reader.load_planned::<ContactRow>(planned) else {
+        let Some(rows) = reader.load_pg::<ContactRow>(select) else {
             return Ok(());
         };
         let mut by_source: HashMap<i64, Vec<ContactRow>> = HashMap::new();
@@ -352,13 +353,16 @@ pub(super) fn unchanged(read: &ContactRow, now: &ContactRow) -> bool {
 /// One UPDATE for every changed contact, each guarded by what it was read
 /// with (see [`Stored`]). It writes the columns of
 /// [`ContactRow::lifecycle`], so that no change a unit makes in the overlay
-/// is left out.
+/// is left out. The ids come twice: joined to the values, and as
+/// `contacts.id = ANY(…)`, which makes the primary key the planner's
+/// cheapest way in (without it, it hashed a sequential scan of a table of
+/// a few thousand contacts: 2 ms a batch, against 0.3–0.5 ms).
 fn update_all(pg: &mut PgConnection, changed: &[(Stored, ContactRow)]) -> QueryResult<usize> {
     use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text};
     let column = |get: fn(&(Stored, ContactRow)) -> Option<i64>| -> Vec<Option<i64>> {
         changed.iter().map(get).collect()
     };
-    diesel::sql_query(
+    Prepared::new(
         "UPDATE contacts SET status = v.status, operator_id = v.operator_id, \
          assigned_at = v.assigned_at, closed_at = v.closed_at, \
          accept_deadline = v.accept_deadline, accepted_at = v.accepted_at, \
@@ -373,7 +377,8 @@ fn update_all(pg: &mut PgConnection, changed: &[(Stored, ContactRow)]) -> QueryR
            AND contacts.operator_id IS NOT DISTINCT FROM v.was_operator_id \
            AND contacts.assigned_at IS NOT DISTINCT FROM v.was_assigned_at \
            AND contacts.accepted_at IS NOT DISTINCT FROM v.was_accepted_at \
-           AND contacts.accept_deadline IS NOT DISTINCT FROM v.was_accept_deadline",
+           AND contacts.accept_deadline IS NOT DISTINCT FROM v.was_accept_deadline \
+           AND contacts.id = ANY($15)",
     )
     .bind::<Array<BigInt>, _>(changed.iter().map(|(_, row)| row.id).collect::<Vec<_>>())
     .bind::<Array<Integer>, _>(
@@ -409,6 +414,7 @@ fn update_all(pg: &mut PgConnection, changed: &[(Stored, ContactRow)]) -> QueryR
             .map(|(_, row)| row.lapsed_with.clone())
             .collect::<Vec<_>>(),
     )
+    .bind::<Array<BigInt>, _>(changed.iter().map(|(_, row)| row.id).collect::<Vec<_>>())
     .execute(pg)
 }
 

@@ -9,16 +9,22 @@
 //! SQL text with the same `.bind` calls, found in the connection's statement
 //! cache by its text after the first call.
 //!
-//! Only for statements whose plan cannot depend on the data: inserts from
-//! `unnest`, the one-row `event_ids` counter, `nextval`, and the lock
-//! statements of [`super::locks`], which look their rows up by
-//! `id = ANY(ARRAY(…))` (a primary-key scan in any plan). PostgreSQL may
-//! switch a prepared statement to a generic plan, made once, and a generic
-//! plan for a lookup or a join chosen while a table was small stays a
-//! sequential scan while it grows (see
-//! [`super::reader::Reader::load_planned`]). Statements that look rows up in
-//! growing tables (the guarded updates, the lead and pending reads) go
-//! through `sql_query`, planned for their values every time.
+//! Every statement of a write batch is kept prepared: these (the bulk
+//! inserts, the lock statements of [`super::locks`], the pending read of
+//! [`super::reader::PgSelect`], the guarded updates, the counters) and the
+//! queries diesel builds, which diesel keeps prepared itself. PostgreSQL
+//! runs a prepared statement on a generic plan, made once for the tables as
+//! they were then, when that plan costs no more than planning for the
+//! values. For a lookup by key that is an index scan, unless the table was
+//! a page or two when the plan was made: then it is a sequential scan,
+//! whatever the query's form (checked for `= ANY($1)`, `= ANY(ARRAY(…))`,
+//! `CROSS JOIN LATERAL … LIMIT 1` and joins to `unnest`), and it stays one
+//! while the table grows, until an ANALYZE of it makes PostgreSQL plan
+//! again. So the pool replaces each connection after
+//! [`super::connection::POSTGRES_CONNECTION_LIFETIME`]; and the sessions
+//! plan with a `random_page_cost` for cached data (see
+//! [`super::connection`]), without which a table of a few thousand rows
+//! was scanned rather than looked up by key, prepared or not.
 
 use diesel::{
     QueryResult, RunQueryDsl,

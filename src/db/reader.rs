@@ -12,7 +12,7 @@ use diesel::{
     query_dsl::{LoadQuery, methods::LimitDsl},
 };
 
-use super::{DbConnection, run::RunOn};
+use super::{DbConnection, prepared::Prepared, run::RunOn};
 use crate::{Error, Result};
 
 pub(crate) struct Reader<'c> {
@@ -57,17 +57,10 @@ impl<'c> Reader<'c> {
         RunQueryDsl::load(query, self.connection)
     }
 
-    /// PostgreSQL: runs the SELECT unprepared, so that it is planned for the
-    /// values bound to it and the table as it is now. A prepared statement
-    /// keeps a generic plan made once per connection; for a lookup by
-    /// `= ANY($1)` made while the table was small, that plan is a
-    /// sequential scan, and it stays one while the table grows (measured on
-    /// the lead read-ahead: 2.5–6 ms a batch at 20,000 leads, and growing).
-    /// `None` on SQLite, where the caller runs its diesel query instead.
-    pub(crate) fn load_planned<U>(
-        &mut self,
-        query: PlannedSelect<'_>,
-    ) -> Option<QueryResult<Vec<U>>>
+    /// PostgreSQL: runs a hand-written SELECT, kept prepared (see
+    /// [`super::prepared`]). `None` on SQLite, where the caller runs its
+    /// diesel query instead.
+    pub(crate) fn load_pg<U>(&mut self, query: PgSelect<'_>) -> Option<QueryResult<Vec<U>>>
     where
         U: diesel::QueryableByName<diesel::pg::Pg> + 'static,
     {
@@ -112,38 +105,35 @@ impl<'c> Reader<'c> {
     }
 }
 
+/// A SELECT for [`Reader::load_pg`], with its values bound: made only from
+/// SQL text that is a SELECT.
+pub(crate) struct PgSelect<'v>(Prepared<'v>);
+
+impl<'v> PgSelect<'v> {
+    pub(crate) fn new(select: &'static str) -> Self {
+        assert!(
+            select.trim_start().starts_with("SELECT "),
+            "not a SELECT: {select}"
+        );
+        Self(Prepared::new(select))
+    }
+
+    pub(crate) fn bind<ST, V>(self, value: V) -> Self
+    where
+        ST: diesel::sql_types::SqlType + diesel::expression::TypedExpressionType,
+        V: diesel::expression::AsExpression<ST>,
+        V::Expression: diesel::query_builder::QueryFragment<diesel::pg::Pg> + Send + 'v,
+    {
+        Self(self.0.bind::<ST, V>(value))
+    }
+}
+
 /// Loads one page of a list: the rows of a boxed query with an id above the
 /// page's start, in id order, one more than the page holds (that extra row
 /// only says another page exists), each converted from its row type.
 /// Every list goes through here, so every list paginates by the same rules.
 ///
 /// `keyset_page!(reader, query, table::id, page, Row => Item)`
-/// A SELECT for [`Reader::load_planned`], with its values bound: made only
-/// from SQL text that is a SELECT.
-pub(crate) struct PlannedSelect<'v>(Boxed<'v>);
-
-type Boxed<'v> =
-    diesel::query_builder::BoxedSqlQuery<'v, diesel::pg::Pg, diesel::query_builder::SqlQuery>;
-
-impl<'v> PlannedSelect<'v> {
-    pub(crate) fn new(select: &'static str) -> Self {
-        assert!(
-            select.trim_start().starts_with("SELECT "),
-            "not a SELECT: {select}"
-        );
-        Self(diesel::sql_query(select).into_boxed())
-    }
-
-    pub(crate) fn bind<ST, V>(self, value: V) -> Self
-    where
-        diesel::pg::Pg: diesel::sql_types::HasSqlType<ST>,
-        V: diesel::serialize::ToSql<ST, diesel::pg::Pg> + Send + 'v,
-        ST: Send + 'v,
-    {
-        Self(self.0.bind::<ST, V>(value))
-    }
-}
-
 macro_rules! keyset_page {
     ($reader:expr, $query:expr, $id:expr, $page:expr, $row:ty => $item:ty) => {{
         let page: $crate::domain::PageRequest = $page;
