@@ -222,9 +222,9 @@ impl r2d2::HandleError<diesel::r2d2::Error> for LogConnectError {
 /// suggests where the data is mostly cached, as the rows a write batch
 /// touches are. With the default (4, a disk's random read) the planner
 /// judged a sequential scan of a table of a few thousand rows cheaper than
-/// 20–60 lookups by key, for the lead read, the guarded update of contacts
-/// and the counters (measured in the `mix` bench: 1–2 ms a statement,
-/// against 0.05–0.5 ms by the index).
+/// 20–60 lookups by key, for the lead read and the guarded update of
+/// contacts (measured in the `mix` bench: 1–3 ms a statement, against
+/// 0.05–0.5 ms by the index).
 const CACHED_RANDOM_PAGE_COST: &str = "1.1";
 
 /// Session settings each new pooled connection needs.

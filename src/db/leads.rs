@@ -187,10 +187,12 @@ pub(super) struct LeadIndex {
 /// plan for a scan of every lead when one term cannot use an index
 /// (measured: two thirds of the writer's time at 50,000 leads, in batches
 /// with no email); a constant-false branch of the UNION reads nothing. On
-/// PostgreSQL (`= ANY($1)`, kept prepared by diesel) the ORs made the
-/// planner scan every lead of a table of a few thousand, 0.5–1.7 ms a batch,
-/// where each branch alone is an index scan, planned for the values or not
-/// (0.05 ms). A lead found by two identifiers comes twice.
+/// PostgreSQL the same query serves (`= ANY($1)`, kept prepared by diesel):
+/// each branch is an index scan (0.05 ms) given the sessions'
+/// `random_page_cost` (see [`super::connection`]); with PostgreSQL's default
+/// the lead read, in either form, was planned as a scan of every lead of a
+/// table of a few thousand (0.5–1.7 ms a batch). A lead found by two
+/// identifiers comes twice.
 macro_rules! by_identifiers {
     ($ahead:expr) => {
         leads::table
