@@ -160,6 +160,8 @@ fn write_all(
     use diesel::sql_types::{Array, BigInt};
     let column =
         |get: fn(&((i64, i64), PairDelta)) -> i64| -> Vec<i64> { pairs.iter().map(get).collect() };
+    let operator_ids = column(|((operator_id, _), _)| *operator_id);
+    let source_ids: Vec<i64> = pending.iter().map(|&(id, _)| id).collect();
     Prepared::new(
         "WITH pairs AS (\
            UPDATE contact_counts SET active = contact_counts.active + v.active, \
@@ -174,16 +176,16 @@ fn write_all(
          FROM unnest($8::bigint[], $9::bigint[]) AS v(source_id, delta) \
          WHERE pending_counts.source_id = v.source_id AND pending_counts.source_id = ANY($10)",
     )
-    .bind::<Array<BigInt>, _>(column(|((operator_id, _), _)| *operator_id))
+    .bind::<Array<BigInt>, _>(operator_ids.clone())
     .bind::<Array<BigInt>, _>(column(|((_, source_id), _)| *source_id))
     .bind::<Array<BigInt>, _>(column(|(_, delta)| delta.active))
     .bind::<Array<BigInt>, _>(column(|(_, delta)| delta.closed))
     .bind::<Array<BigInt>, _>(column(|(_, delta)| delta.total))
     .bind::<Array<BigInt>, _>(column(|(_, delta)| delta.lapsed))
-    .bind::<Array<BigInt>, _>(column(|((operator_id, _), _)| *operator_id))
-    .bind::<Array<BigInt>, _>(pending.iter().map(|&(id, _)| id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(operator_ids)
+    .bind::<Array<BigInt>, _>(source_ids.clone())
     .bind::<Array<BigInt>, _>(pending.iter().map(|&(_, delta)| delta).collect::<Vec<_>>())
-    .bind::<Array<BigInt>, _>(pending.iter().map(|&(id, _)| id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(source_ids)
     .execute(pg)
 }
 

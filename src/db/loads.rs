@@ -422,6 +422,7 @@ pub(super) fn flush(tx: &mut WriteTx<'_>) -> Result<(), Fault> {
 /// update).
 fn write_changes(pg: &mut diesel::PgConnection, changes: &[(i64, i32)]) -> Result<(), Fault> {
     use diesel::sql_types::{Array, BigInt, Integer};
+    let ids: Vec<i64> = changes.iter().map(|&(id, _)| id).collect();
     let written = Prepared::new(
         "UPDATE operators SET active_load = operators.active_load + v.delta \
          FROM unnest($1::bigint[], $2::int[]) AS v(id, delta) \
@@ -431,9 +432,9 @@ fn write_changes(pg: &mut diesel::PgConnection, changes: &[(i64, i32)]) -> Resul
                 AND operators.active_load + v.delta <= operators.max_load)) \
            AND operators.id = ANY($3)",
     )
-    .bind::<Array<BigInt>, _>(changes.iter().map(|&(id, _)| id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(ids.clone())
     .bind::<Array<Integer>, _>(changes.iter().map(|&(_, delta)| delta).collect::<Vec<_>>())
-    .bind::<Array<BigInt>, _>(changes.iter().map(|&(id, _)| id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(ids)
     .execute(pg)?;
     if written == changes.len() {
         Ok(())

@@ -362,6 +362,7 @@ fn update_all(pg: &mut PgConnection, changed: &[(Stored, ContactRow)]) -> QueryR
     let column = |get: fn(&(Stored, ContactRow)) -> Option<i64>| -> Vec<Option<i64>> {
         changed.iter().map(get).collect()
     };
+    let ids: Vec<i64> = changed.iter().map(|(_, row)| row.id).collect();
     Prepared::new(
         "UPDATE contacts SET status = v.status, operator_id = v.operator_id, \
          assigned_at = v.assigned_at, closed_at = v.closed_at, \
@@ -380,7 +381,7 @@ fn update_all(pg: &mut PgConnection, changed: &[(Stored, ContactRow)]) -> QueryR
            AND contacts.accept_deadline IS NOT DISTINCT FROM v.was_accept_deadline \
            AND contacts.id = ANY($15)",
     )
-    .bind::<Array<BigInt>, _>(changed.iter().map(|(_, row)| row.id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(ids.clone())
     .bind::<Array<Integer>, _>(
         changed
             .iter()
@@ -414,7 +415,7 @@ fn update_all(pg: &mut PgConnection, changed: &[(Stored, ContactRow)]) -> QueryR
             .map(|(_, row)| row.lapsed_with.clone())
             .collect::<Vec<_>>(),
     )
-    .bind::<Array<BigInt>, _>(changed.iter().map(|(_, row)| row.id).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(ids)
     .execute(pg)
 }
 
@@ -497,6 +498,78 @@ impl PendingQueue {
             self.stored.pop_front();
         } else if self.new.first() == Some(&id) {
             self.new.pop_first();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::{Connection, QueryableByName, connection::SimpleConnection, sql_types::BigInt};
+
+    use super::*;
+    use crate::db::{Database, DatabaseUrl, test_db::TestDb};
+
+    #[derive(QueryableByName)]
+    struct Scans {
+        #[diesel(sql_type = BigInt)]
+        seq_scan: i64,
+        #[diesel(sql_type = BigInt)]
+        idx_scan: i64,
+    }
+
+    /// The guarded update finds its contacts by the primary key, among 5,000
+    /// contacts, whether PostgreSQL plans it for the values or runs a generic
+    /// plan: the table's scans in the transaction, as
+    /// `pg_stat_xact_user_tables` counts them, are index scans only.
+    #[test]
+    fn the_guarded_update_finds_its_contacts_by_key() {
+        let Some(db) = TestDb::postgres() else {
+            eprintln!("MINICRM_TEST_POSTGRES_URL is not set; skipped");
+            return;
+        };
+        let database = Database::open(&DatabaseUrl::Postgres(db.url())).expect("open");
+        let mut connection = database.write_pool().get().expect("connection");
+        let DbConnection::Postgres(pg) = &mut *connection else {
+            unreachable!()
+        };
+        pg.batch_execute(
+            "INSERT INTO sources (bot_id, name, created_at) VALUES ('plan', '', 0); \
+             INSERT INTO leads (phone, name, created_at) VALUES ('+1', '', 0); \
+             INSERT INTO contacts (lead_id, source_id, status, created_at, lead_created) \
+               SELECT (SELECT id FROM leads), (SELECT id FROM sources), 2, 0, false \
+               FROM generate_series(1, 5000); \
+             ANALYZE contacts",
+        )
+        .expect("seed");
+        for mode in ["force_custom_plan", "force_generic_plan"] {
+            // Read before the transaction, whose scans are the update's alone.
+            let read: Vec<ContactRow> = contacts::table
+                .order(contacts::id.desc())
+                .limit(40)
+                .select(contacts::all_columns)
+                .load(pg)
+                .expect("read");
+            let changed: Vec<(Stored, ContactRow)> = read
+                .into_iter()
+                .map(|row| {
+                    let mut changed = row.clone();
+                    changed.lapses += 1;
+                    (Stored::of(&row), changed)
+                })
+                .collect();
+            pg.transaction(|pg| {
+                pg.batch_execute(&format!("SET LOCAL plan_cache_mode = {mode}"))?;
+                assert_eq!(update_all(pg, &changed)?, 40, "{mode}");
+                let scans: Scans = diesel::sql_query(
+                    "SELECT seq_scan, COALESCE(idx_scan, 0) AS idx_scan \
+                     FROM pg_stat_xact_user_tables WHERE relname = 'contacts'",
+                )
+                .get_result(pg)?;
+                assert_eq!(scans.seq_scan, 0, "{mode}: sequential scans of contacts");
+                assert!(scans.idx_scan > 0, "{mode}: no index scan of contacts");
+                Ok::<_, diesel::result::Error>(())
+            })
+            .expect("update");
         }
     }
 }
