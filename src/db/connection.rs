@@ -227,12 +227,32 @@ impl r2d2::HandleError<diesel::r2d2::Error> for LogConnectError {
 /// 0.05–0.5 ms by the index).
 const CACHED_RANDOM_PAGE_COST: &str = "1.1";
 
+/// What a pool's connections are for, where their settings differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PoolRole {
+    /// SQLite's one writer connection.
+    SqliteWriter,
+    /// SQLite's readers, the health probe, and PostgreSQL's shared pool.
+    Other,
+}
+
 /// Session settings each new pooled connection needs.
 #[derive(Debug)]
 struct SessionSettings {
     /// `--db-timeout`.
     timeout: Duration,
+    /// Which pool the connection is for.
+    role: PoolRole,
 }
+
+/// SQLite's writer keeps its statement journals in memory. A bulk insert
+/// at commit changes pages the batch changed already, and SQLite copies each
+/// such page to the statement's journal first; past 64 KiB that journal
+/// spilled to a new temporary file (created, written and deleted in
+/// `/var/tmp`) on most batches of the `register` bench. In memory it is
+/// bounded by the pages one batch changes. Only the writer: for reads,
+/// `temp_store = MEMORY` would also keep large sorts in memory.
+const SQLITE_WRITER_TEMP_STORE: &str = "PRAGMA temp_store = MEMORY;";
 
 impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SessionSettings {
     fn on_acquire(&self, connection: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
@@ -243,11 +263,16 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SessionSettings 
             // survives a process crash; only power loss can drop the last commits.
             // wal_autocheckpoint = 0: the checkpointer thread does it, so a
             // checkpoint's fsyncs never stall the writer thread mid-batch.
+            // temp_store: see [`SQLITE_WRITER_TEMP_STORE`].
             DbConnection::Sqlite(_) => format!(
                 "PRAGMA busy_timeout = {millis}; PRAGMA journal_mode = WAL; \
                  PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; \
                  PRAGMA wal_autocheckpoint = 0; \
-                 PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT};"
+                 PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}; {}",
+                match self.role {
+                    PoolRole::SqliteWriter => SQLITE_WRITER_TEMP_STORE,
+                    PoolRole::Other => "",
+                }
             ),
             // A lock wait gives up after half the timeout (55P03): the writer
             // runs the transaction again once, within --db-timeout. No
@@ -305,7 +330,7 @@ impl Database {
         // Migrations first, on a connection of their own: no pool keeps a
         // connection with a schema cache from before them.
         migrate(url, timeout)?;
-        let pool = |size: u32, min_idle: u32| {
+        let pool = |size: u32, min_idle: u32, role: PoolRole| {
             r2d2::Pool::builder()
                 .max_size(size)
                 .min_idle(Some(min_idle))
@@ -313,23 +338,23 @@ impl Database {
                 // A checkout ping costs a round trip per call; broken
                 // connections are caught by `has_broken` instead.
                 .test_on_check_out(false)
-                .connection_customizer(Box::new(SessionSettings { timeout }))
+                .connection_customizer(Box::new(SessionSettings { timeout, role }))
                 .error_handler(Box::new(LogConnectError))
                 .build(Manager::new(url, timeout))
         };
-        let probe = pool(1, 0)?;
+        let probe = pool(1, 0, PoolRole::Other)?;
         let (read, write, checkpointer, wal) = match url {
             DatabaseUrl::Postgres(_) => {
-                let shared = pool(POSTGRES_POOL_SIZE, 1)?;
+                let shared = pool(POSTGRES_POOL_SIZE, 1, PoolRole::Other)?;
                 (shared.clone(), shared, None, None)
             }
             DatabaseUrl::Sqlite(path) => {
                 // The writer opens first so that it turns WAL on.
-                let write = pool(1, 1)?;
+                let write = pool(1, 1, PoolRole::SqliteWriter)?;
                 let wal = Arc::new(WalRestart::new(timeout));
                 let checkpointer = Checkpointer::start(path, Arc::clone(&wal))?;
                 (
-                    pool(SQLITE_READ_POOL_SIZE, 1)?,
+                    pool(SQLITE_READ_POOL_SIZE, 1, PoolRole::Other)?,
                     write,
                     Some(Arc::new(checkpointer)),
                     Some(wal),
@@ -779,6 +804,28 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(pooled().setting, "2.5");
+    }
+
+    /// See [`SQLITE_WRITER_TEMP_STORE`]: the writer's statement journals
+    /// stay in memory (2, MEMORY); the readers keep SQLite's default (0).
+    #[test]
+    fn only_the_sqlite_writer_keeps_its_temporary_data_in_memory() {
+        #[derive(QueryableByName)]
+        struct TempStore {
+            #[diesel(sql_type = diesel::sql_types::Integer)]
+            temp_store: i32,
+        }
+        let temp_store = |pool: &Pool| {
+            diesel::sql_query("PRAGMA temp_store")
+                .get_result::<TempStore>(&mut *pool.get().unwrap())
+                .unwrap()
+                .temp_store
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("temp_store.db");
+        let database = Database::open(&DatabaseUrl::Sqlite(path.display().to_string())).unwrap();
+        assert_eq!(temp_store(database.write_pool()), 2);
+        assert_eq!(temp_store(database.read_pool()), 0);
     }
 
     #[cfg(unix)]
