@@ -245,13 +245,16 @@ struct SessionSettings {
     role: PoolRole,
 }
 
-/// SQLite's writer keeps its statement journals in memory. A bulk insert
-/// at commit changes pages the batch changed already, and SQLite copies each
-/// such page to the statement's journal first; past 64 KiB that journal
-/// spilled to a new temporary file (created, written and deleted in
+/// SQLite's writer keeps its statement journals in memory. Inside a
+/// transaction, SQLite copies each existing page a multi-row write
+/// changes to that statement's journal first, so that the statement alone
+/// can be undone. For the bulk inserts at commit that journal passed 64 KiB
+/// and spilled to a new temporary file (created, written and deleted in
 /// `/var/tmp`) on most batches of the `register` bench. In memory it is
-/// bounded by the pages one batch changes. Only the writer: for reads,
-/// `temp_store = MEMORY` would also keep large sorts in memory.
+/// bounded by the pages one statement of a batch changes (every bulk
+/// statement is bounded by the batch, retention's deletes by their own
+/// batches). Only the writer: for reads, `temp_store = MEMORY` would also
+/// keep large sorts in memory.
 const SQLITE_WRITER_TEMP_STORE: &str = "PRAGMA temp_store = MEMORY;";
 
 impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SessionSettings {
