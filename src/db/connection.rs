@@ -671,6 +671,7 @@ impl Checkpointer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::test_db::{TestDb, or_skip};
 
     #[test]
     fn urls_pick_the_backend() {
@@ -724,10 +725,7 @@ mod tests {
     /// handed out again.
     #[test]
     fn postgres_connections_are_replaced_after_their_lifetime() {
-        let Some(db) = super::super::test_db::TestDb::postgres() else {
-            eprintln!("MINICRM_TEST_POSTGRES_URL is not set; skipped");
-            return;
-        };
+        let db = or_skip!(TestDb::postgres());
         let url = DatabaseUrl::Postgres(db.url());
         // The pid of a connection from the pool, held `held` before it goes back.
         let pid = |pool: &Pool, held: Duration| -> i32 {
@@ -759,10 +757,7 @@ mod tests {
     /// database (or the server, or a role) sets.
     #[test]
     fn postgres_sessions_plan_for_cached_data_unless_told_otherwise() {
-        let Some(db) = super::super::test_db::TestDb::postgres() else {
-            eprintln!("MINICRM_TEST_POSTGRES_URL is not set; skipped");
-            return;
-        };
+        let db = or_skip!(TestDb::postgres());
         let url = DatabaseUrl::Postgres(db.url());
         #[derive(diesel::QueryableByName)]
         struct Setting {

@@ -507,7 +507,10 @@ mod tests {
     use diesel::{Connection, QueryableByName, connection::SimpleConnection, sql_types::BigInt};
 
     use super::*;
-    use crate::db::{Database, DatabaseUrl, test_db::TestDb};
+    use crate::db::{
+        Database, DatabaseUrl,
+        test_db::{TestDb, or_skip},
+    };
 
     #[derive(QueryableByName)]
     struct Scans {
@@ -523,10 +526,7 @@ mod tests {
     /// `pg_stat_xact_user_tables` counts them, are index scans only.
     #[test]
     fn the_guarded_update_finds_its_contacts_by_key() {
-        let Some(db) = TestDb::postgres() else {
-            eprintln!("MINICRM_TEST_POSTGRES_URL is not set; skipped");
-            return;
-        };
+        let db = or_skip!(TestDb::postgres());
         let database = Database::open(&DatabaseUrl::Postgres(db.url())).expect("open");
         let mut connection = database.write_pool().get().expect("connection");
         let DbConnection::Postgres(pg) = &mut *connection else {

@@ -124,7 +124,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::db::test_db::TestDb;
+    use crate::db::test_db::{TestDb, or_skip};
 
     #[derive(QueryableByName)]
     struct Total {
@@ -137,10 +137,7 @@ mod tests {
     /// `sql_query` (never prepared by name) would not.
     #[test]
     fn the_statement_is_prepared_once_and_bound_anew() {
-        let Some(db) = TestDb::postgres() else {
-            eprintln!("MINICRM_TEST_POSTGRES_URL is not set; skipped");
-            return;
-        };
+        let db = or_skip!(TestDb::postgres());
         let mut pg = PgConnection::establish(&db.url()).expect("connect");
         const SQL: &str =
             "SELECT COALESCE(SUM(v), 0)::bigint AS total FROM unnest($1::bigint[]) AS v";

@@ -499,7 +499,7 @@ mod tests {
         },
     };
 
-    use crate::db::test_db::TestDb;
+    use crate::db::test_db::{TestDb, or_skip};
 
     type Answer<U> = oneshot::Receiver<Result<<U as WriteUnit>::Output>>;
 
@@ -634,10 +634,8 @@ mod tests {
     /// A unit whose check fails after other units of the same batch wrote
     /// leaves the database exactly as those units left it, in either mode.
     fn failed_check_keeps_the_batch_as_the_others_left_it(mode: Mode, db: fn() -> Option<TestDb>) {
-        let (Some(a), Some(b)) = (db(), db()) else {
-            eprintln!("skipped: set MINICRM_TEST_POSTGRES_URL to run this test on PostgreSQL");
-            return;
-        };
+        let a = or_skip!(db());
+        let b = or_skip!(db());
         let (with_failure, without) = (seeded(&a), seeded(&b));
 
         let (first, first_answer) = job(registration("+100000001"));
@@ -670,10 +668,7 @@ mod tests {
     /// the close of the operator's contact hands the slot to it at once, and
     /// a second close of the same contact is refused, freeing nothing more.
     fn batch_sees_its_own_changes(mode: Mode, db: fn() -> Option<TestDb>) {
-        let Some(db) = db() else {
-            eprintln!("skipped: set MINICRM_TEST_POSTGRES_URL to run this test on PostgreSQL");
-            return;
-        };
+        let db = or_skip!(db());
         let database = seeded_with_room(&db, 1);
         let first = run_one(&database, registration("+100000001")).contact;
         assert_eq!(first.status, ContactStatus::Active);
@@ -716,10 +711,7 @@ mod tests {
     /// its operator's slot, which goes to the waiting contact at once, and
     /// the new operator accepts the transferred one.
     fn routing_units_share_the_batch(mode: Mode, db: fn() -> Option<TestDb>) {
-        let Some(db) = db() else {
-            eprintln!("skipped: set MINICRM_TEST_POSTGRES_URL to run this test on PostgreSQL");
-            return;
-        };
+        let db = or_skip!(db());
         let database = seeded_with_room(&db, 1);
         let first = run_one(&database, registration("+100000001")).contact;
         let spare = run_one(
@@ -783,10 +775,7 @@ mod tests {
     /// after it: the table that came with the source's lock (on PostgreSQL)
     /// or was read for an earlier draw is not used again.
     fn new_weight_table_drawn_from_in_the_batch(mode: Mode, db: fn() -> Option<TestDb>) {
-        let Some(db) = db() else {
-            eprintln!("skipped: set MINICRM_TEST_POSTGRES_URL to run this test on PostgreSQL");
-            return;
-        };
+        let db = or_skip!(db());
         let database = seeded(&db);
         let bob = run_one(
             &database,
@@ -846,10 +835,7 @@ mod tests {
     /// in id order, past the first read of the queue (16 contacts; on
     /// PostgreSQL that read is made for every source before the units run).
     fn closes_dispatch_oldest_first_past_one_queue_read(mode: Mode, db: fn() -> Option<TestDb>) {
-        let Some(db) = db() else {
-            eprintln!("skipped: set MINICRM_TEST_POSTGRES_URL to run this test on PostgreSQL");
-            return;
-        };
+        let db = or_skip!(db());
         const ACTIVE: usize = 20;
         const PENDING: usize = 24;
         let database = seeded_with_room(&db, ACTIVE as i32);

@@ -15,6 +15,24 @@ use diesel::{Connection, PgConnection, RunQueryDsl};
 
 pub const POSTGRES_URL_VAR: &str = "MINICRM_TEST_POSTGRES_URL";
 
+/// The test's database (`$db`, an `Option<TestDb>`), or a `skipped` line
+/// and a return from the test when it is `None`: a PostgreSQL database
+/// without `MINICRM_TEST_POSTGRES_URL`.
+#[allow(unused_macros)]
+macro_rules! or_skip {
+    ($db:expr) => {
+        match $db {
+            Some(db) => db,
+            None => {
+                eprintln!("skipped: set MINICRM_TEST_POSTGRES_URL to run this test on PostgreSQL");
+                return;
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use or_skip;
+
 /// The SQLite file's name inside its temp directory.
 const SQLITE_FILE: &str = "minicrm.db";
 
