@@ -9,6 +9,7 @@ use diesel::prelude::*;
 
 use super::{
     DbConnection,
+    cached::execute_kept_prepared,
     prepared::Prepared,
     run::RunOn,
     schema::{contact_counts, pending_counts},
@@ -195,19 +196,22 @@ fn write_one_by_one(
     pending: Vec<(i64, i64)>,
 ) -> Result<(), Fault> {
     for (source_id, delta) in pending {
-        diesel::update(pending_counts::table.find(source_id))
-            .set(pending_counts::pending.eq(pending_counts::pending + delta))
-            .execute_on(tx.connection())?;
+        execute_kept_prepared(
+            diesel::update(pending_counts::table.find(source_id))
+                .set(pending_counts::pending.eq(pending_counts::pending + delta)),
+            tx.connection(),
+        )?;
     }
     for ((operator_id, source_id), delta) in pairs {
-        diesel::update(contact_counts::table.find((operator_id, source_id)))
-            .set((
+        execute_kept_prepared(
+            diesel::update(contact_counts::table.find((operator_id, source_id))).set((
                 contact_counts::active.eq(contact_counts::active + delta.active),
                 contact_counts::closed.eq(contact_counts::closed + delta.closed),
                 contact_counts::total.eq(contact_counts::total + delta.total),
                 contact_counts::lapsed.eq(contact_counts::lapsed + delta.lapsed),
-            ))
-            .execute_on(tx.connection())?;
+            )),
+            tx.connection(),
+        )?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ use diesel::prelude::*;
 
 use super::{
     DbConnection,
+    cached::insert_kept_prepared,
     models::{ContactRow, EventRow},
     reader::Reader,
     run::RunOn,
@@ -61,17 +62,13 @@ pub(super) fn flush(tx: &mut WriteTx<'_>) -> Result<Option<i64>, Fault> {
     let last = match tx.connection() {
         // The ids are taken in the insert itself: rows numbered from 1.
         DbConnection::Postgres(pg) => super::bulk::events(pg, &rows(events, 1))?,
-        connection => {
+        DbConnection::Sqlite(sqlite) => {
             let last: i64 = diesel::update(event_ids::table.find(1))
                 .set(event_ids::last.eq(event_ids::last + count))
                 .returning(event_ids::last)
-                .get_result_on(connection)?;
-            // Bound values per statement stay well below SQLite's limit of 32,766.
-            for chunk in rows(events, last - count + 1).chunks(1_000) {
-                diesel::insert_into(contact_events::table)
-                    .values(chunk)
-                    .execute_on(connection)?;
-            }
+                .get_result(sqlite)?;
+            let rows = rows(events, last - count + 1);
+            insert_kept_prepared!(sqlite, contact_events::table, &rows)?;
             last
         }
     };

@@ -15,7 +15,9 @@ use std::collections::{BTreeMap, HashMap};
 use diesel::prelude::*;
 
 use super::{
-    DbConnection, locks,
+    DbConnection,
+    cached::execute_kept_prepared,
+    locks,
     prepared::Prepared,
     reader::Reader,
     run::RunOn,
@@ -457,18 +459,19 @@ fn write_change(connection: &mut DbConnection, operator_id: i64, delta: i32) -> 
     let set = operators::active_load.eq(operators::active_load + delta);
     let written = match delta.cmp(&0) {
         std::cmp::Ordering::Equal => return Ok(()),
-        std::cmp::Ordering::Greater => diesel::update(
-            target
-                .filter(operators::is_active.eq(true))
-                .filter((operators::active_load + delta).le(operators::max_load)),
-        )
-        .set(set)
-        .execute_on(connection)?,
-        std::cmp::Ordering::Less => {
-            diesel::update(target.filter((operators::active_load + delta).ge(0)))
-                .set(set)
-                .execute_on(connection)?
-        }
+        std::cmp::Ordering::Greater => execute_kept_prepared(
+            diesel::update(
+                target
+                    .filter(operators::is_active.eq(true))
+                    .filter((operators::active_load + delta).le(operators::max_load)),
+            )
+            .set(set),
+            connection,
+        )?,
+        std::cmp::Ordering::Less => execute_kept_prepared(
+            diesel::update(target.filter((operators::active_load + delta).ge(0))).set(set),
+            connection,
+        )?,
     };
     if written == 1 {
         Ok(())

@@ -6,6 +6,7 @@
 
 mod backup;
 mod bulk;
+mod cached;
 mod check;
 mod connection;
 pub(crate) mod contacts;

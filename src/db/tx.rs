@@ -13,8 +13,8 @@ use rand::RngCore;
 
 use super::models as schema_row;
 use super::{
-    DbConnection, counts, events, leads, loads, overlay::ContactOverlay, reader::Reader,
-    run::RunOn, schema, sources, units::ReadAhead,
+    DbConnection, cached::insert_kept_prepared, counts, events, leads, loads,
+    overlay::ContactOverlay, reader::Reader, run::RunOn, schema, sources, units::ReadAhead,
 };
 use crate::{Result, domain::SourceKey, error::Fault};
 
@@ -346,7 +346,8 @@ impl<'t> WriteTx<'t> {
     }
 }
 
-/// Inserts new leads and contacts: one statement on PostgreSQL.
+/// Inserts new leads and contacts: one statement on PostgreSQL; on SQLite
+/// one per table and power of two (see [`super::cached`]).
 fn insert_new(
     connection: &mut DbConnection,
     leads: &[schema_row::LeadRow],
@@ -357,17 +358,9 @@ fn insert_new(
         DbConnection::Postgres(pg) => {
             super::bulk::new_rows(pg, leads, contacts)?;
         }
-        connection => {
-            if !leads.is_empty() {
-                diesel::insert_into(schema::leads::table)
-                    .values(leads)
-                    .execute_on(connection)?;
-            }
-            if !contacts.is_empty() {
-                diesel::insert_into(schema::contacts::table)
-                    .values(contacts)
-                    .execute_on(connection)?;
-            }
+        DbConnection::Sqlite(sqlite) => {
+            insert_kept_prepared!(sqlite, schema::leads::table, leads)?;
+            insert_kept_prepared!(sqlite, schema::contacts::table, contacts)?;
         }
     }
     Ok(())
