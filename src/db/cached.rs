@@ -8,7 +8,7 @@
 //! SQLite's parsing and code generation for such statements took 29% of its
 //! time: the lead read, the inserts at commit, the counters and loads.
 //!
-//! Two ways keep them prepared with few texts, so that the cache stays small:
+//! Three ways keep them prepared with few texts, so that the cache stays small:
 //! - rows are inserted in chunks whose lengths are powers of two, each as a
 //!   fixed-size array, which diesel keeps prepared itself
 //!   ([`insert_kept_prepared!`]): at most eight texts per table;
@@ -95,11 +95,6 @@ pub(super) fn padded<T: Clone>(values: &[T], len: usize, filler: &T) -> Vec<T> {
     padded
 }
 
-/// The smallest power of two at least `len` (1 for 0).
-pub(super) fn power_of_two_at_least(len: usize) -> usize {
-    len.next_power_of_two()
-}
-
 /// `rows` cut into chunks whose lengths are powers of two, largest first,
 /// none longer than `max` (a power of two): 37 rows in chunks of 32, 4 and 1.
 pub(super) fn power_of_two_chunks<T>(rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
@@ -121,8 +116,10 @@ pub(super) fn power_of_two_chunks<T>(rows: &[T], max: usize) -> impl Iterator<It
 }
 
 /// The longest chunk [`insert_kept_prepared!`] inserts at once: 15 columns
-/// (an event) make 1,920 values, well below SQLite's limit of 32,766.
+/// (an event) make 1,920 values, well below SQLite's limit of 32,766. The
+/// macro's arms go up to it.
 pub(super) const MAX_CHUNK: usize = 128;
+const _: () = assert!(MAX_CHUNK == 128, "insert_kept_prepared!'s arms stop at 128");
 
 /// Inserts the slice `$rows` into `$table` on the `&mut SqliteConnection`
 /// `$connection`, in chunks of a power of two rows (at most [`MAX_CHUNK`]),
@@ -271,9 +268,9 @@ mod tests {
         assert_eq!(lengths, [128, 128, 32, 8, 4]);
         assert_eq!(power_of_two_chunks(&rows[..0], 128).count(), 0);
         assert_eq!(
-            padded(&[1, 2, 3], power_of_two_at_least(3), &0),
+            padded(&[1, 2, 3], 3_usize.next_power_of_two(), &0),
             [1, 2, 3, 0]
         );
-        assert_eq!(padded(&[] as &[i32], power_of_two_at_least(0), &0), [0]);
+        assert_eq!(padded(&[] as &[i32], 0_usize.next_power_of_two(), &0), [0]);
     }
 }

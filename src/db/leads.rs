@@ -3,7 +3,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use diesel::prelude::*;
 
 use super::{
-    cached::{CachedBySql, padded, power_of_two_at_least},
+    cached::{CachedBySql, padded},
     models::{LeadRow, NewLeadRow},
     reader::{Reader, keyset_page},
     run::RunOn,
@@ -231,7 +231,7 @@ impl PaddedIdentifiers {
             .len()
             .max(ahead.phones.len())
             .max(ahead.emails.len());
-        let len = power_of_two_at_least(longest);
+        let len = longest.next_power_of_two();
         let none = String::new();
         Self {
             external_ids: padded(&ahead.external_ids, len, &none),
