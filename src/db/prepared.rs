@@ -9,10 +9,12 @@
 //! SQL text with the same `.bind` calls, found in the connection's statement
 //! cache by its text after the first call.
 //!
-//! Every statement of a write batch is kept prepared: these (the bulk
-//! inserts, the lock statements of [`super::locks`], the pending read of
+//! A write batch's statements are kept prepared: these (the bulk inserts,
+//! the lock statements of [`super::locks`], the pending read of
 //! [`super::reader::PgSelect`], the guarded updates, the counters) and the
-//! queries diesel builds, which diesel keeps prepared itself. PostgreSQL
+//! `SELECT`s diesel builds, which diesel keeps prepared itself. diesel never
+//! caches an `UPDATE`: a change of a single row (one operator's load, one
+//! counter) is parsed and planned each time. PostgreSQL
 //! runs a prepared statement on a generic plan, made once for the tables as
 //! they were then, when that plan costs no more than planning for the
 //! values. For a lookup by key that is an index scan, unless the table was
