@@ -17,7 +17,7 @@ use tonic_health::pb::{
 #[derive(Debug, Clone, clap::Args)]
 pub struct HealthArgs {
     /// The server to ask (HOST:PORT or http://HOST:PORT). Defaults to the
-    /// address the server listens on; an unspecified host (0.0.0.0, [::]) is
+    /// address the server listens on; an unspecified host (0.0.0.0 or ::) is
     /// asked on loopback.
     #[arg(long, env = "MINICRM_LISTEN", default_value = "127.0.0.1:50051")]
     pub addr: String,

@@ -4,9 +4,9 @@
 //! project's own Rust client, OpenMetrics text format):
 //!
 //! - **This process's**, kept in memory from start: every gRPC call, counted
-//!   and timed by the observe layer ([`call_finished`], called from
+//!   and timed by the observe layer (`call_finished`, called from
 //!   `api::observe::record`), and the writer's queue and batches
-//!   ([`write_queued`], [`write_taken`], [`write_committed`], called from
+//!   (`write_queued`, `write_taken`, `write_committed`, called from
 //!   `db::writer`). They live in one process-wide registry, like a Prometheus
 //!   client's default registry, so the hooks need no handle.
 //! - **The database's**, read at every scrape from the counters the writer

@@ -225,7 +225,7 @@ impl Repository {
     }
 
     /// Lapses up to `limit` of the offers whose accept deadline has passed,
-    /// [`LAPSES_PER_UNIT`] to a unit of work (the units share the writer's
+    /// `LAPSES_PER_UNIT` to a unit of work (the units share the writer's
     /// batches with the calls). Returns
     /// how many were due; those another replica (or an accept) got to
     /// first are left as they are.

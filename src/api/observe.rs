@@ -7,7 +7,7 @@
 //! streamed, so every line logged on the call's behalf (including the writer
 //! thread's, which captures `Span::current()`) carries the method.
 //!
-//! When the call ends, [`record`] is given one [`CallOutcome`]: it logs the one
+//! When the call ends, `record` is given one [`CallOutcome`]: it logs the one
 //! line of the call, `handled code=… latency_us=…`, and counts and times the
 //! call in the Prometheus metrics (`crate::metrics`). The call ends when its
 //! gRPC status is known:

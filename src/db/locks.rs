@@ -238,7 +238,7 @@ pub(super) fn operator_sources(
 }
 
 /// Taken before a source's routing settings change: conflicts with the KEY
-/// SHARE lock of [`sources`], under which transactions read the settings, so
+/// SHARE lock of [`sources()`], under which transactions read the settings, so
 /// the change waits for them and they wait for it.
 pub(super) fn source_settings(tx: &mut WriteTx<'_>, source_id: i64) -> Result<(), Fault> {
     if let DbConnection::Postgres(pg) = &mut *tx.connection {
@@ -253,7 +253,7 @@ pub(super) fn source_settings(tx: &mut WriteTx<'_>, source_id: i64) -> Result<()
 }
 
 /// Taken before a source's weight table is replaced: conflicts with the
-/// KEY SHARE lock of [`sources`] (and of every contact insert), so the change
+/// KEY SHARE lock of [`sources()`] (and of every contact insert), so the change
 /// waits for those transactions and they wait for it.
 pub(super) fn source_table(tx: &mut WriteTx<'_>, source_id: i64) -> Result<(), Fault> {
     if let DbConnection::Postgres(pg) = &mut *tx.connection {
