@@ -3,8 +3,9 @@
 //! channel that tonic drains as the client reads. A slow client fills the
 //! channel and the task waits: it never holds more than a page and the
 //! channel, and catches up from the database. With nothing new it waits for
-//! this replica's writers to publish ([`EventHub`](crate::event_stream::EventHub)) or, for events other
-//! replicas write, for the next poll.
+//! this replica's writers to publish
+//! ([`EventHub`](crate::event_stream::EventHub)) or, for events other replicas
+//! write, for the next poll.
 
 use std::{pin::Pin, time::Duration};
 
