@@ -24,7 +24,11 @@ pub(super) const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("mi
 /// only one of them runs the migrations.
 const MIGRATION_LOCK_KEY: i64 = 0x6d69_6e69_6372_6d00;
 
-const POSTGRES_POOL_SIZE: u32 = 16;
+/// PostgreSQL's readers.
+const POSTGRES_READ_POOL_SIZE: u32 = 16;
+/// PostgreSQL's writer pool: the writer thread's connection, and room for
+/// the one that replaces it after [`POSTGRES_CONNECTION_LIFETIME`].
+const POSTGRES_WRITE_POOL_SIZE: u32 = 2;
 /// How long a PostgreSQL connection serves before its pool replaces it. Its
 /// prepared statements may run on generic plans, made once for the tables
 /// as they were then: a plan made while a table was small scans all of it
@@ -227,12 +231,26 @@ impl r2d2::HandleError<diesel::r2d2::Error> for LogConnectError {
 /// 0.05–0.5 ms by the index).
 const CACHED_RANDOM_PAGE_COST: &str = "1.1";
 
+/// The `plan_cache_mode` of PostgreSQL's writer sessions, unless the server,
+/// database or role sets one. Every statement the writer prepares looks its
+/// rows up by key or by a partial index, and a generic plan does that as a
+/// plan for the values would; so it is made once per connection. Under the
+/// default (`auto`), PostgreSQL planned three of a batch's statements for
+/// their values on every call (the two of [`super::locks`] and the pending
+/// read, whose keys come as arrays): 120–164 µs of each one's bind, against
+/// about 30 µs on the generic plan (a statement log of the `mix` bench). The
+/// readers keep `auto`: a list filtered by status, say, is better planned
+/// for the status asked for.
+const WRITER_PLAN_CACHE_MODE: &str = "force_generic_plan";
+
 /// What a pool's connections are for, where their settings differ.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum PoolRole {
     /// SQLite's one writer connection.
     SqliteWriter,
-    /// SQLite's readers, the health probe, and PostgreSQL's shared pool.
+    /// PostgreSQL's writer pool.
+    PostgresWriter,
+    /// The readers and the health probe.
     Other,
 }
 
@@ -274,19 +292,31 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SessionSettings 
                  PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}; {}",
                 match self.role {
                     PoolRole::SqliteWriter => SQLITE_WRITER_TEMP_STORE,
-                    PoolRole::Other => "",
+                    PoolRole::PostgresWriter | PoolRole::Other => "",
                 }
             ),
             // A lock wait gives up after half the timeout (55P03): the writer
             // runs the transaction again once, within --db-timeout. No
             // statement of the service takes longer than the timeout on a
-            // healthy server. See [`CACHED_RANDOM_PAGE_COST`].
-            DbConnection::Postgres(_) => format!(
-                "SET lock_timeout = '{}ms'; SET statement_timeout = '{millis}ms'; \
-                 SELECT set_config('random_page_cost', '{CACHED_RANDOM_PAGE_COST}', false) \
-                 FROM pg_settings WHERE name = 'random_page_cost' AND source = 'default'",
-                (millis / 2).max(1)
-            ),
+            // healthy server. The planner settings hold where the server,
+            // database and role leave them at their defaults: see
+            // [`CACHED_RANDOM_PAGE_COST`] and [`WRITER_PLAN_CACHE_MODE`].
+            DbConnection::Postgres(_) => {
+                let writer_only = match self.role {
+                    PoolRole::PostgresWriter => {
+                        format!(", ('plan_cache_mode', '{WRITER_PLAN_CACHE_MODE}')")
+                    }
+                    PoolRole::SqliteWriter | PoolRole::Other => String::new(),
+                };
+                format!(
+                    "SET lock_timeout = '{}ms'; SET statement_timeout = '{millis}ms'; \
+                     SELECT set_config(name, wanted.value, false) \
+                     FROM (VALUES ('random_page_cost', '{CACHED_RANDOM_PAGE_COST}'){writer_only}) \
+                          AS wanted (name, value) \
+                     JOIN pg_settings USING (name) WHERE source = 'default'",
+                    (millis / 2).max(1)
+                )
+            }
         };
         connection
             .batch_execute(&settings)
@@ -298,7 +328,8 @@ pub(crate) type Pool = r2d2::Pool<Manager>;
 
 /// The connection pools. SQLite takes one writer at a time anyway, so writes
 /// queue for a single connection in-process instead of spinning on the file
-/// lock; PostgreSQL writers share the one pool.
+/// lock. PostgreSQL's writer has a pool of its own, whose sessions plan
+/// differently (see [`WRITER_PLAN_CACHE_MODE`]).
 #[derive(Clone)]
 pub struct Database {
     backend: Backend,
@@ -348,8 +379,9 @@ impl Database {
         let probe = pool(1, 0, PoolRole::Other)?;
         let (read, write, checkpointer, wal) = match url {
             DatabaseUrl::Postgres(_) => {
-                let shared = pool(POSTGRES_POOL_SIZE, 1, PoolRole::Other)?;
-                (shared.clone(), shared, None, None)
+                let read = pool(POSTGRES_READ_POOL_SIZE, 1, PoolRole::Other)?;
+                let write = pool(POSTGRES_WRITE_POOL_SIZE, 1, PoolRole::PostgresWriter)?;
+                (read, write, None, None)
             }
             DatabaseUrl::Sqlite(path) => {
                 // The writer opens first so that it turns WAL on.
@@ -802,6 +834,72 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(pooled().setting, "2.5");
+    }
+
+    /// See [`WRITER_PLAN_CACHE_MODE`]: the writer's sessions run generic
+    /// plans where the server leaves `plan_cache_mode` at its default, and
+    /// keep the value a database sets; the readers keep the server's. Both
+    /// plan with the same `random_page_cost`.
+    #[test]
+    fn only_the_postgres_writer_runs_generic_plans_unless_told_otherwise() {
+        let db = or_skip!(TestDb::postgres());
+        let url = DatabaseUrl::Postgres(db.url());
+        #[derive(diesel::QueryableByName)]
+        struct Setting {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            setting: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            source: String,
+        }
+        let read = |connection: &mut DbConnection, name: &str| -> Setting {
+            diesel::sql_query("SELECT setting, source FROM pg_settings WHERE name = $1")
+                .bind::<diesel::sql_types::Text, _>(name)
+                .get_result(connection)
+                .unwrap()
+        };
+        let mut plain = Manager::new(&url, crate::config::Limits::DB_TIMEOUT)
+            .establish()
+            .unwrap();
+        let server = read(&mut plain, "plan_cache_mode");
+        let pooled = |name: &str| {
+            let database = Database::open(&url).unwrap();
+            let writer = read(&mut database.write_pool().get().unwrap(), name).setting;
+            let reader = read(&mut database.read_pool().get().unwrap(), name).setting;
+            (writer, reader)
+        };
+        let expected = if server.source == "default" {
+            WRITER_PLAN_CACHE_MODE.to_owned()
+        } else {
+            server.setting.clone()
+        };
+        assert_eq!(
+            pooled("plan_cache_mode"),
+            (expected, server.setting.clone()),
+            "server's: {}",
+            server.source
+        );
+        let (writer, reader) = pooled("random_page_cost");
+        assert_eq!(writer, reader);
+
+        let DbConnection::Postgres(pg) = &mut plain else {
+            unreachable!()
+        };
+        let name: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+            "current_database()",
+        ))
+        .get_result(pg)
+        .unwrap();
+        pg.batch_execute(&format!(
+            "ALTER DATABASE \"{name}\" SET plan_cache_mode = force_custom_plan"
+        ))
+        .unwrap();
+        assert_eq!(
+            pooled("plan_cache_mode"),
+            (
+                "force_custom_plan".to_owned(),
+                "force_custom_plan".to_owned()
+            )
+        );
     }
 
     /// See [`SQLITE_WRITER_TEMP_STORE`]: the writer's statement journals

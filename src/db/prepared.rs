@@ -17,8 +17,10 @@
 //! counter) is parsed and planned each time. PostgreSQL
 //! runs a prepared statement on a generic plan, made once for the tables as
 //! they were then, when that plan costs no more than planning for the
-//! values. For a lookup by key that is an index scan, unless the table was
-//! a page or two when the plan was made: then it is a sequential scan,
+//! values; the writer's sessions always do (see `WRITER_PLAN_CACHE_MODE`
+//! in [`super::connection`]). For a lookup by key that is an index scan,
+//! unless the table was a page or two when the plan was made: then it is a
+//! sequential scan,
 //! whatever the query's form (checked for `= ANY($1)`, `= ANY(ARRAY(…))`,
 //! `CROSS JOIN LATERAL … LIMIT 1` and joins to `unnest`), and it stays one
 //! while the table grows, until an ANALYZE of it makes PostgreSQL plan

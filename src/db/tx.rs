@@ -374,3 +374,93 @@ struct TakenIds {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     contact: i64,
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::{QueryableByName, RunQueryDsl, connection::SimpleConnection, sql_types::BigInt};
+
+    use super::*;
+    use crate::db::{
+        Database, DatabaseUrl,
+        test_db::{TestDb, or_skip},
+    };
+
+    #[derive(QueryableByName, Debug, PartialEq)]
+    struct Scans {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        relname: String,
+        #[diesel(sql_type = BigInt)]
+        seq_scan: i64,
+        #[diesel(sql_type = BigInt)]
+        idx_scan: i64,
+    }
+
+    /// The reads a `Direct` batch makes before its units run (the lead read,
+    /// the contacts read, both lock statements, the pending read, the ids
+    /// taken ahead) find their rows by key on the plans of the writer's
+    /// sessions (generic ones, see `WRITER_PLAN_CACHE_MODE` in
+    /// [`super::super::connection`]), among 2,000 sources, 5,000 operators
+    /// and 5,000 contacts: no table is scanned whole in the transaction, as
+    /// `pg_stat_xact_user_tables` counts it.
+    #[test]
+    fn a_batchs_reads_find_their_rows_by_key_on_the_writers_plans() {
+        let db = or_skip!(TestDb::postgres());
+        let database = Database::open(&DatabaseUrl::Postgres(db.url())).expect("open");
+        // Seeded on another session: PostgreSQL 15 counts a session's scans
+        // of earlier transactions in `pg_stat_xact_user_tables` until it
+        // reports them, up to a second later.
+        database
+            .read_pool()
+            .get()
+            .expect("connection")
+            .batch_execute(
+                "INSERT INTO sources (bot_id, name, created_at) \
+                   SELECT 'bot' || g, '', 0 FROM generate_series(1, 2000) g; \
+                 INSERT INTO operators (name, is_active, max_load, active_load, created_at) \
+                   SELECT 'op' || g, true, 5, 0, 0 FROM generate_series(1, 5000) g; \
+                 INSERT INTO source_operators (source_id, operator_id, weight) \
+                   SELECT s, (2 * s + k) % 5000 + 1, 1 \
+                   FROM generate_series(1, 2000) s, generate_series(0, 1) k; \
+                 INSERT INTO leads (phone, name, created_at) \
+                   SELECT '+1' || g, '', 0 FROM generate_series(1, 5000) g; \
+                 INSERT INTO contacts (lead_id, source_id, status, created_at, lead_created) \
+                   SELECT g, g % 2000 + 1, 2, 0, false FROM generate_series(1, 4900) g; \
+                 INSERT INTO contacts (lead_id, source_id, operator_id, status, created_at, \
+                                       assigned_at, lead_created) \
+                   SELECT g, s, (2 * s) % 5000 + 1, 1, 0, 0, false \
+                   FROM generate_series(4901, 5000) g, LATERAL (SELECT g % 2000 + 1 AS s) AS x; \
+                 UPDATE operators SET active_load = 1 \
+                   WHERE id IN (SELECT operator_id FROM contacts WHERE status = 1); \
+                 ANALYZE",
+            )
+            .expect("seed");
+        let mut connection = database.write_pool().get().expect("connection");
+        let ahead = ReadAhead {
+            phones: (4990..5000).map(|k| format!("+1{k}")).collect(),
+            contact_ids: (4990..=5000).collect(),
+            ..ReadAhead::default()
+        };
+        let mut memory = WriterMemory::default();
+        let mut rng = rand::rng();
+        let mut tx =
+            WriteTx::begin(&mut connection, Mode::Direct, &mut memory, &mut rng).expect("begin");
+        tx.prepare_batch(&ahead, 10).expect("reads");
+        assert!(!tx.state.served.is_empty(), "the sources were locked");
+        let scans: Vec<Scans> = diesel::sql_query(
+            "SELECT relname::text AS relname, seq_scan, COALESCE(idx_scan, 0) AS idx_scan \
+             FROM pg_stat_xact_user_tables \
+             WHERE relname IN ('contacts', 'leads', 'operators', 'sources', 'source_operators') \
+             ORDER BY relname",
+        )
+        .load(tx.connection())
+        .expect("scans");
+        tx.rollback();
+        assert_eq!(scans.len(), 5, "{scans:?}");
+        assert!(
+            scans.iter().all(|table| table.idx_scan > 0),
+            "unread: {scans:?}"
+        );
+        let scanned: Vec<_> = scans.iter().filter(|table| table.seq_scan > 0).collect();
+        assert!(scanned.is_empty(), "scanned whole: {scanned:?}");
+    }
+}
