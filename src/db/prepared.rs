@@ -22,8 +22,8 @@
 //! unless the table was a page or two when the plan was made: then it is a
 //! sequential scan, whatever the query's form (checked for `= ANY($1)`,
 //! `= ANY(ARRAY(…))`, `CROSS JOIN LATERAL … LIMIT 1` and joins to
-//! `unnest`), and it stays one while the table grows, until an ANALYZE of it makes PostgreSQL plan
-//! again. So the pool replaces each connection after
+//! `unnest`), and it stays one while the table grows, until an ANALYZE of
+//! it makes PostgreSQL plan again. So the pool replaces each connection after
 //! [`super::connection::POSTGRES_CONNECTION_LIFETIME`]; and the sessions
 //! plan with a `random_page_cost` for cached data (see
 //! [`super::connection`]), without which a table of a few thousand rows
