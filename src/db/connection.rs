@@ -784,6 +784,35 @@ mod tests {
         }
     }
 
+    /// A PostgreSQL setting as a session sees it, and where its value came from.
+    #[derive(diesel::QueryableByName)]
+    struct Setting {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        setting: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        source: String,
+    }
+
+    fn setting(connection: &mut DbConnection, name: &str) -> Setting {
+        diesel::sql_query("SELECT setting, source FROM pg_settings WHERE name = $1")
+            .bind::<diesel::sql_types::Text, _>(name)
+            .get_result(connection)
+            .unwrap()
+    }
+
+    /// A session outside minicrm's pools, and the name of its database.
+    fn plain_session(url: &DatabaseUrl) -> (DbConnection, String) {
+        let mut plain = Manager::new(url, crate::config::Limits::DB_TIMEOUT)
+            .establish()
+            .unwrap();
+        let name: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
+            "current_database()",
+        ))
+        .get_result(&mut plain)
+        .unwrap();
+        (plain, name)
+    }
+
     /// minicrm's sessions plan with [`CACHED_RANDOM_PAGE_COST`] where the
     /// server leaves `random_page_cost` at its default, and keep the value a
     /// database (or the server, or a role) sets.
@@ -791,28 +820,12 @@ mod tests {
     fn postgres_sessions_plan_for_cached_data_unless_told_otherwise() {
         let db = or_skip!(TestDb::postgres());
         let url = DatabaseUrl::Postgres(db.url());
-        #[derive(diesel::QueryableByName)]
-        struct Setting {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            setting: String,
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            source: String,
-        }
-        let read = |connection: &mut DbConnection| -> Setting {
-            diesel::sql_query(
-                "SELECT setting, source FROM pg_settings WHERE name = 'random_page_cost'",
-            )
-            .get_result(connection)
-            .unwrap()
-        };
-        let mut plain = Manager::new(&url, crate::config::Limits::DB_TIMEOUT)
-            .establish()
-            .unwrap();
-        let server = read(&mut plain);
+        let (mut plain, name) = plain_session(&url);
+        let server = setting(&mut plain, "random_page_cost");
         let pooled = || {
             let database = Database::open(&url).unwrap();
             let mut connection = database.read_pool().get().unwrap();
-            read(&mut connection)
+            setting(&mut connection, "random_page_cost")
         };
         let expected = if server.source == "default" {
             CACHED_RANDOM_PAGE_COST.to_owned()
@@ -821,18 +834,11 @@ mod tests {
         };
         assert_eq!(pooled().setting, expected, "server's: {}", server.source);
 
-        let DbConnection::Postgres(pg) = &mut plain else {
-            unreachable!()
-        };
-        let name: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
-            "current_database()",
-        ))
-        .get_result(pg)
-        .unwrap();
-        pg.batch_execute(&format!(
-            "ALTER DATABASE \"{name}\" SET random_page_cost = 2.5"
-        ))
-        .unwrap();
+        plain
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{name}\" SET random_page_cost = 2.5"
+            ))
+            .unwrap();
         assert_eq!(pooled().setting, "2.5");
     }
 
@@ -844,27 +850,12 @@ mod tests {
     fn only_the_postgres_writer_runs_generic_plans_unless_told_otherwise() {
         let db = or_skip!(TestDb::postgres());
         let url = DatabaseUrl::Postgres(db.url());
-        #[derive(diesel::QueryableByName)]
-        struct Setting {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            setting: String,
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            source: String,
-        }
-        let read = |connection: &mut DbConnection, name: &str| -> Setting {
-            diesel::sql_query("SELECT setting, source FROM pg_settings WHERE name = $1")
-                .bind::<diesel::sql_types::Text, _>(name)
-                .get_result(connection)
-                .unwrap()
-        };
-        let mut plain = Manager::new(&url, crate::config::Limits::DB_TIMEOUT)
-            .establish()
-            .unwrap();
-        let server = read(&mut plain, "plan_cache_mode");
+        let (mut plain, name) = plain_session(&url);
+        let server = setting(&mut plain, "plan_cache_mode");
         let pooled = |name: &str| {
             let database = Database::open(&url).unwrap();
-            let writer = read(&mut database.write_pool().get().unwrap(), name).setting;
-            let reader = read(&mut database.read_pool().get().unwrap(), name).setting;
+            let writer = setting(&mut database.write_pool().get().unwrap(), name).setting;
+            let reader = setting(&mut database.read_pool().get().unwrap(), name).setting;
             (writer, reader)
         };
         let expected = if server.source == "default" {
@@ -881,25 +872,13 @@ mod tests {
         let (writer, reader) = pooled("random_page_cost");
         assert_eq!(writer, reader);
 
-        let DbConnection::Postgres(pg) = &mut plain else {
-            unreachable!()
-        };
-        let name: String = diesel::select(diesel::dsl::sql::<diesel::sql_types::Text>(
-            "current_database()",
-        ))
-        .get_result(pg)
-        .unwrap();
-        pg.batch_execute(&format!(
-            "ALTER DATABASE \"{name}\" SET plan_cache_mode = force_custom_plan"
-        ))
-        .unwrap();
-        assert_eq!(
-            pooled("plan_cache_mode"),
-            (
-                "force_custom_plan".to_owned(),
-                "force_custom_plan".to_owned()
-            )
-        );
+        plain
+            .batch_execute(&format!(
+                "ALTER DATABASE \"{name}\" SET plan_cache_mode = force_custom_plan"
+            ))
+            .unwrap();
+        let custom = "force_custom_plan".to_owned();
+        assert_eq!(pooled("plan_cache_mode"), (custom.clone(), custom));
     }
 
     /// See [`SQLITE_WRITER_TEMP_STORE`]: the writer's statement journals
