@@ -19,7 +19,8 @@ use crate::{
 /// Writer threads, each with its own connection and batches. One for
 /// SQLite, which takes one writer at a time anyway; one for PostgreSQL too:
 /// a second measured no faster (its transactions wait on the first's row
-/// locks), though the writer supports several.
+/// locks), though the writer supports several. PostgreSQL's write pool is
+/// sized for one (`POSTGRES_WRITE_POOL_SIZE` in `db/connection.rs`).
 const WRITERS: usize = 1;
 /// Lapses per unit of work: enough that a round of them costs few units
 /// (each flushes its batch's buffers and fills a place in the write queue),

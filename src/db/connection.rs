@@ -26,8 +26,10 @@ const MIGRATION_LOCK_KEY: i64 = 0x6d69_6e69_6372_6d00;
 
 /// PostgreSQL's readers.
 const POSTGRES_READ_POOL_SIZE: u32 = 16;
-/// PostgreSQL's writer pool: the writer thread's connection, and room for
-/// the one that replaces it after [`POSTGRES_CONNECTION_LIFETIME`].
+/// PostgreSQL's writer pool: the one writer thread's connection (`WRITERS`
+/// in `repository.rs`), and a spare that the pool keeps open meanwhile, so
+/// that the writer never waits for a new connection when its own is retired
+/// after [`POSTGRES_CONNECTION_LIFETIME`].
 const POSTGRES_WRITE_POOL_SIZE: u32 = 2;
 /// How long a PostgreSQL connection serves before its pool replaces it. Its
 /// prepared statements may run on generic plans, made once for the tables
